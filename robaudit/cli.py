@@ -1,0 +1,83 @@
+"""The ``robaudit`` command: a thin Typer layer over the library.
+
+Each command lives in ``robaudit/commands/<name>.py`` and imports heavy libraries (torch, timm,
+attack libraries) inside its function, so ``robaudit --help`` stays instant. One place, ``main``,
+turns user-facing errors into one line on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from robaudit import __version__
+from robaudit.commands import data as data_cmd
+from robaudit.commands import models as models_cmd
+
+app = typer.Typer(
+    name="robaudit",
+    help="Audit transfer-learned medical image classifiers against universal adversarial "
+    "perturbations built from natural images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"robaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    data_root: Annotated[Optional[Path], typer.Option(
+        "--data-root", envvar="ROBAUDIT_DATA", help="Data root: MedMNIST .npz files (+ cards) and imagenet/.",
+        show_envvar=True)] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    from robaudit.settings import set_data_root
+
+    set_data_root(data_root)
+
+
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(models_cmd.app, name="models")
+app.command("train")(models_cmd.train)
+# further commands register below (one line each)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and map user-facing errors to one line and an exit code."""
+    from robaudit.errors import RobauditError
+
+    try:
+        app(args=argv, prog_name="robaudit", standalone_mode=True)
+    except RobauditError as exc:
+        from robaudit.console import err
+
+        err.print(f"[bold red]error:[/] {exc.message}" + (f" [dim]({exc.hint})[/]" if exc.hint else ""),
+                  soft_wrap=True, markup=True, highlight=False)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        from robaudit.console import err
+
+        err.print("[yellow]interrupted[/]")
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

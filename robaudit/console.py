@@ -1,0 +1,70 @@
+"""One output sink: rich for people on stderr, plain JSON for machines on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+
+#: progress, tables and hints go to stderr so stdout stays clean for --json
+err = Console(stderr=True, highlight=False)
+#: data goes to stdout
+out = Console(highlight=False)
+
+
+def print_json(obj: Any) -> None:
+    """Print a JSON document (and nothing else) on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def info(message: str) -> None:
+    err.print(message)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}")
+
+
+def progress(transient: bool = False, disable: bool = False):
+    """A rich Progress on stderr with a bar, counts, rate and time remaining."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=transient,
+        disable=disable,
+    )
+
+
+@contextmanager
+def task_progress(description: str, total: int | None, disable: bool = False):
+    """Context manager yielding ``advance(n=1, status="")`` for one progress bar."""
+    with progress(disable=disable) as prog:
+        task = prog.add_task(description, total=total, status="")
+
+        def advance(n: int = 1, status: str | None = None) -> None:
+            if status is None:
+                prog.advance(task, n)
+            else:
+                prog.update(task, advance=n, status=status)
+
+        yield advance

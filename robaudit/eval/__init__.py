@@ -1,0 +1,1 @@
+"""Evaluation: metrics on predictions, statistics, and the runners that produce results."""

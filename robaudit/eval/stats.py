@@ -1,0 +1,67 @@
+"""Statistics from statsmodels/scipy: intervals for rates and exact paired tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robaudit.results import Rate
+
+CI_METHOD = "wilson"
+
+
+def proportion_ci(k: int, n: int, confidence: float = 0.95, method: str = CI_METHOD) -> tuple[float, float]:
+    """Confidence interval for k successes out of n (statsmodels ``proportion_confint``)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if n <= 0:
+        return (0.0, 1.0)
+    lo, hi = proportion_confint(int(k), int(n), alpha=1 - confidence, method=method)
+    return (float(max(0.0, lo)), float(min(1.0, hi)))
+
+
+def rate(successes: np.ndarray | list[bool], confidence: float = 0.95, method: str = CI_METHOD) -> Rate:
+    """A :class:`Rate` from a boolean vector of per-image outcomes."""
+    s = np.asarray(successes, dtype=bool)
+    k, n = int(s.sum()), int(s.size)
+    return Rate(value=k / n if n else 0.0, ci=proportion_ci(k, n, confidence, method), n=n, k=k,
+                ci_method=method, confidence=confidence)
+
+
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[float, float, dict]:
+    """Exact McNemar test of paired boolean outcomes ``a`` vs ``b`` on the same images.
+
+    Returns ``(statistic, p_value, detail)`` where statistic is min(b01, b10) (statsmodels' exact
+    binomial form) and detail holds the discordant counts.
+    """
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError("paired outcomes must have the same shape")
+    table = np.array([[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]])
+    res = mcnemar(table, exact=True)
+    detail = {"a_only": int(table[0, 1]), "b_only": int(table[1, 0]), "both": int(table[0, 0]),
+              "neither": int(table[1, 1])}
+    return float(res.statistic), float(res.pvalue), detail
+
+
+def mean_ci(values: list[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """t-interval for the mean of repeated draws (scipy); degenerate draws give a point interval."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if v.size < 2 or np.allclose(v, v[0]):
+        m = float(v.mean()) if v.size else 0.0
+        return (m, m)
+    lo, hi = stats.t.interval(confidence, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+    return (float(max(0.0, lo)), float(min(1.0, hi)))
+
+
+def adjust_pvalues(pvalues: list[float], method: str = "holm") -> list[float]:
+    """Multiple-comparison correction (statsmodels ``multipletests``)."""
+    from statsmodels.stats.multitest import multipletests
+
+    if not pvalues:
+        return []
+    return [float(p) for p in multipletests(pvalues, method=method)[1]]

@@ -1,0 +1,197 @@
+"""The versioned result schema shared by ``uap``, ``attack`` and ``audit`` (pydantic models).
+
+Every number that a choice can alter (clip or not, how zeta is scaled, fooling against the clean
+prediction) is recorded here. ``robaudit/schema/result.schema.json`` is generated from these models
+(``python -m robaudit.results`` rewrites it; a test checks it is current).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_PATH = Path(__file__).parent / "schema" / "result.schema.json"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Rate(_Model):
+    """A proportion k/n with a confidence interval."""
+
+    value: float = Field(description="k / n")
+    ci: tuple[float, float] = Field(description="confidence interval for the proportion")
+    n: int = Field(description="number of images")
+    k: int | None = Field(default=None, description="number of successes")
+    ci_method: str = Field(default="wilson", description="interval method (statsmodels proportion_confint)")
+    confidence: float = 0.95
+
+
+class TargetedRate(Rate):
+    """Targeted success rate, with the clean rate of the target class beside it."""
+
+    clean_rate: float = Field(description="fraction of clean images already predicted as the target")
+
+
+class ClassBreakdown(_Model):
+    index: int
+    name: str
+    n: int = Field(description="images whose true label is this class")
+    clean_accuracy: float | None = None
+    adv_accuracy: float | None = None
+    fooling_rate: float | None = None
+
+
+class Metrics(_Model):
+    clean_accuracy: float
+    adv_accuracy: float
+    fooling_rate: Rate
+    targeted_success_rate: TargetedRate | None = None
+    per_class: list[ClassBreakdown] = Field(default_factory=list)
+    confusion: list[list[int]] | None = Field(
+        default=None, description="rows: clean prediction, columns: adversarial prediction")
+
+
+class ControlRate(_Model):
+    """A rate over K random draws: mean value, interval over draws, and every draw's value."""
+
+    value: float
+    ci: tuple[float, float]
+    draws: list[float] = Field(default_factory=list)
+
+
+class Control(_Model):
+    kind: str = Field(description="'uniform' (uniform per pixel in the L-inf box / uniform direction "
+                      "on the L2 sphere, at exactly the UAP norm) or 'art' (the published draw)")
+    draws: int
+    norm_value: float | None = Field(default=None, description="Lp norm of each control draw")
+    fooling_rate: ControlRate
+    targeted_success_rate: ControlRate | None = None
+
+
+class Comparison(_Model):
+    test: str = Field(description="e.g. 'mcnemar-exact' (UAP vs the median control draw, same images)")
+    p_value: float
+    statistic: float | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelInfo(_Model):
+    name: str
+    arch: str
+    init: Literal["imagenet", "random", "unknown"] = "unknown"
+    transfer: str | None = None
+    task: str | None = None
+    classes: list[str]
+    input_size: int | None = None
+    sha256: str | None = None
+
+
+class DataInfo(_Model):
+    name: str
+    split: str
+    n: int
+    sha256: str | None = None
+    view: str | None = Field(default=None, description="label view, e.g. 'referable'")
+    path: str | None = None
+
+
+class AttackInfo(_Model):
+    kind: Literal["uap", "per-sample"]
+    method: str
+    mode: str | None = None
+    backend: str | None = None
+    norm: Literal["linf", "l2"]
+    zeta: float | None = Field(default=None, description="eps / mean Lp norm of the task's images in [0,1]")
+    eps: float | list[float] | None = None
+    eps_scale: str = Field(default="[0,1] pixel space", description="unit of eps")
+    zeta_reference: str | None = Field(default=None, description="which images the zeta mean norm is over")
+    targeted: bool = False
+    target: int | None = None
+    target_name: str | None = None
+    source: str | None = None
+    source_n: int | None = None
+    clip: bool = True
+    max_iter: int | None = None
+    steps: int | None = None
+    step_size: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    seconds: float | None = None
+    device: str | None = None
+    uap_norm: float | None = Field(default=None, description="achieved Lp norm of the perturbation")
+    source_fooling_rate: float | None = None
+    interrupted: bool = False
+
+
+class EpsilonResult(_Model):
+    """Per-sample attacks: one row per epsilon (foolbox style)."""
+
+    eps: float
+    robust_accuracy: Rate
+    success_rate: Rate
+
+
+class MinNorm(_Model):
+    median: float
+    quantiles: dict[str, float]
+    success_rate: float
+    values: list[float] = Field(default_factory=list)
+
+
+class Result(_Model):
+    """One attack run: a UAP (``attack.kind == 'uap'``) or a per-sample attack."""
+
+    schema_version: str = SCHEMA_VERSION
+    robaudit_version: str
+    created: str
+    command: str | None = None
+    environment: dict[str, Any] = Field(default_factory=dict)
+    model: ModelInfo
+    data: DataInfo
+    attack: AttackInfo
+    metrics: Metrics | None = None
+    control: Control | None = None
+    comparison: Comparison | None = None
+    per_eps: list[EpsilonResult] | None = None
+    min_norm: MinNorm | None = None
+    artifacts: dict[str, str] = Field(default_factory=dict, description="file names in the run folder")
+    notes: list[str] = Field(default_factory=list)
+
+
+def load_result(path: str | Path) -> Result:
+    """Read and validate a result.json (BadInput with a one-line reason on failure)."""
+    from pydantic import ValidationError
+
+    from robaudit.errors import BadInput
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"result file {str(p)!r} does not exist", "pass the result.json a run wrote")
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"result file {str(p)!r} is not valid JSON: {exc}") from None
+    try:
+        return Result.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise BadInput(f"result file {str(p)!r} does not match schema {SCHEMA_VERSION}: {loc}: {first['msg']}") from None
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Result.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://robaudit.dev/schema/result-{SCHEMA_VERSION}.json"
+    return schema
+
+
+if __name__ == "__main__":
+    SCHEMA_PATH.write_text(json.dumps(json_schema(), indent=2) + "\n")
+    print(f"wrote {SCHEMA_PATH}")

@@ -1,0 +1,57 @@
+"""Process-wide settings: the data root (ROBAUDIT_DATA) and the model store (ROBAUDIT_HOME)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from robaudit.errors import BadInput
+
+_DATA_ROOT_OVERRIDE: Path | None = None
+
+
+def set_data_root(path: str | Path | None) -> None:
+    """Override the data root for this process (the CLI's --data-root)."""
+    global _DATA_ROOT_OVERRIDE
+    _DATA_ROOT_OVERRIDE = Path(path).expanduser() if path else None
+
+
+def data_root(required: bool = True) -> Path | None:
+    """The data root: --data-root, else $ROBAUDIT_DATA, else MedMNIST's cache (~/.medmnist)."""
+    if _DATA_ROOT_OVERRIDE is not None:
+        root = _DATA_ROOT_OVERRIDE
+        origin = "--data-root"
+    elif os.environ.get("ROBAUDIT_DATA"):
+        root = Path(os.environ["ROBAUDIT_DATA"]).expanduser()
+        origin = "ROBAUDIT_DATA"
+    else:
+        root = Path("~/.medmnist").expanduser()
+        origin = None
+        if not root.is_dir():
+            if required:
+                raise BadInput(
+                    "no data root is set",
+                    "set ROBAUDIT_DATA or pass --data-root DIR (a folder of MedMNIST .npz files), "
+                    "or run 'robaudit data fetch NAME' when online",
+                )
+            return None
+    if not root.is_dir():
+        if required:
+            raise BadInput(f"data root {str(root)!r} (from {origin}) is not a folder",
+                           "point ROBAUDIT_DATA or --data-root at an existing folder")
+        return None
+    return root
+
+
+def home() -> Path:
+    """The robaudit home ($ROBAUDIT_HOME, default ~/.cache/robaudit); created on demand."""
+    path = Path(os.environ.get("ROBAUDIT_HOME", "~/.cache/robaudit")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_store() -> Path:
+    """Folder of trained models (safetensors weights + JSON cards)."""
+    path = home() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

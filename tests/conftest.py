@@ -1,0 +1,50 @@
+"""Shared fixtures: the real data root (../shared/data or $ROBAUDIT_DATA) and an isolated home."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path:
+    env = os.environ.get("ROBAUDIT_DATA")
+    return Path(env) if env else (REPO.parent / "shared" / "data")
+
+
+DATA_ROOT = _data_root()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "MANIFEST.md").exists() and not any(DATA_ROOT.glob("*.npz")):
+        pytest.fail(f"real data root not found at {DATA_ROOT}; set ROBAUDIT_DATA")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _robaudit_env(tmp_path_factory, data_root):
+    """Point the product at the real data and a per-session model store (unless CI set one)."""
+    os.environ["ROBAUDIT_DATA"] = str(data_root)
+    if "ROBAUDIT_HOME" not in os.environ:
+        os.environ["ROBAUDIT_HOME"] = str(tmp_path_factory.mktemp("robaudit-home"))
+    yield
+
+
+@pytest.fixture
+def tiny_model():
+    """A small real timm CNN (random init, 3 classes) that owns its normalisation, in eval mode."""
+    import timm
+    import torch
+
+    from robaudit.models.normalize import Normalized
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet10t", pretrained=False, num_classes=3)
+    return Normalized(net, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).eval()
