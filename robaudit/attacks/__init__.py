@@ -1,0 +1,1 @@
+"""Attacks: universal perturbations (one file per method), random controls, per-sample backends."""
