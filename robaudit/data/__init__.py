@@ -1,0 +1,7 @@
+"""Data layer: medical tasks (MedMNIST npz + cards, image folders) and natural-image sources."""
+
+from robaudit.data.cards import DatasetCard
+from robaudit.data.sources import ImageSource, load_source
+from robaudit.data.tasks import TaskData, list_tasks, load_task
+
+__all__ = ["DatasetCard", "ImageSource", "TaskData", "list_tasks", "load_source", "load_task"]

@@ -1,0 +1,98 @@
+"""Image decoding and resizing: PIL for photos, pydicom for DICOM, torchvision for tensor resizing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+DICOM_EXTS = {".dcm", ".dicom"}
+
+
+class DecodeError(Exception):
+    """An image file could not be decoded."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTS | DICOM_EXTS and not path.name.startswith(".")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode one file to uint8 RGB (H, W, 3); DICOM goes through its modality LUT and VOI window."""
+    if path.suffix.lower() in DICOM_EXTS:
+        return read_dicom(path)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DecodeError(f"{path}: {exc}") from None
+
+
+def read_dicom(path: Path) -> np.ndarray:
+    """Decode a DICOM image with the modality LUT and the VOI LUT / window applied, scaled to uint8 RGB."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pragma: no cover - depends on the optional extra
+        raise DecodeError(f"{path}: reading DICOM needs pydicom (pip install 'robaudit[dicom]')") from None
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = ds.pixel_array
+        if getattr(ds, "PhotometricInterpretation", "").startswith("RGB") or arr.ndim == 3 and arr.shape[-1] == 3:
+            img = arr.astype(np.float64)
+        else:
+            if arr.ndim == 3:  # multi-frame: take the middle frame
+                arr = arr[arr.shape[0] // 2]
+            img = apply_voi_lut(apply_modality_lut(arr, ds), ds).astype(np.float64)
+            if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+                img = img.max() - img
+    except Exception as exc:  # pydicom raises many types for broken files
+        raise DecodeError(f"{path}: {exc}") from None
+    lo, hi = float(img.min()), float(img.max())
+    img = (img - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(img)
+    img = img.round().astype(np.uint8)
+    return np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
+
+
+def to_float_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N,H,W) or (N,H,W,C) -> float32 (N,3,H,W) in [0,1]; grey is repeated to 3 channels."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    if t.ndim == 3:
+        t = t.unsqueeze(-1)
+    t = t.permute(0, 3, 1, 2).float().div_(255.0)
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    elif t.shape[1] == 4:
+        t = t[:, :3]
+    return t.contiguous()
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a float batch to (size, size) with antialiased bilinear interpolation (torchvision)."""
+    from torchvision.transforms.v2 import functional as F
+
+    if x.shape[-2:] == (size, size):
+        return x
+    if x.shape[-1] != x.shape[-2]:
+        x = F.center_crop(x, [min(x.shape[-2:])] * 2)
+    return F.resize(x, [size, size], antialias=True).clamp_(0.0, 1.0)
+
+
+def photo_transform(size: int, grayscale: bool = False):
+    """timm's eval transform for photos: resize the shorter side, centre crop, to [0,1] tensor."""
+    from timm.data import create_transform
+
+    t = create_transform(input_size=(3, size, size), is_training=False, crop_pct=1.0, crop_mode="center",
+                         interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    if not grayscale:
+        return t
+
+    def grey(img):
+        return t(img.convert("L").convert("RGB"))
+
+    return grey
