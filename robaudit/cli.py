@@ -15,7 +15,10 @@ import typer
 
 from robaudit import __version__
 from robaudit.commands import data as data_cmd
+from robaudit.commands import gate as gate_cmd
 from robaudit.commands import models as models_cmd
+from robaudit.commands import report as report_cmd
+from robaudit.commands import uap as uap_cmd
 
 app = typer.Typer(
     name="robaudit",
@@ -50,7 +53,10 @@ def _root(
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(models_cmd.app, name="models")
 app.command("train")(models_cmd.train)
+app.command("uap")(uap_cmd.uap)
 # further commands register below (one line each)
+app.command("report")(report_cmd.report)
+app.command("gate")(gate_cmd.gate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,17 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="robaudit", standalone_mode=True)
     except RobauditError as exc:
+        from rich.markup import escape
+
         from robaudit.console import err
 
-        err.print(f"[bold red]error:[/] {exc.message}" + (f" [dim]({exc.hint})[/]" if exc.hint else ""),
+        err.print(f"[bold red]error:[/] {escape(exc.message)}" + (f" [dim]({escape(exc.hint)})[/]" if exc.hint else ""),
                   soft_wrap=True, markup=True, highlight=False)
         return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from rich.markup import escape
+
         from robaudit.console import err
 
-        err.print("[yellow]interrupted[/]")
+        err.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/]")
         return 130
     return 0
 

@@ -93,7 +93,8 @@ class TaskData:
 
     def _validate(self, split: str, images: np.ndarray, labels: np.ndarray) -> None:
         where = f"{self.path.name} [{split}]"
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+        bad_channels = images.ndim == 4 and images.shape[-1] not in (1, 3)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or bad_channels:
             raise BadInput(f"{where}: images have shape {images.shape} and dtype {images.dtype}; expected uint8 "
                            "(N,H,W) or (N,H,W,3)", "use the MedMNIST npz layout")
         if labels.size != images.shape[0] or labels.ndim > 2 or (labels.ndim == 2 and labels.shape[1] != 1):

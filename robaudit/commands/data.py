@@ -1,0 +1,65 @@
+"""``robaudit data list`` and ``robaudit data fetch``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Medical tasks and natural-image sources in the data root.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Show the tasks and sources available, with counts and classes."""
+    from rich.table import Table
+
+    from robaudit import settings
+    from robaudit.console import err, print_json
+    from robaudit.data import list_tasks
+    from robaudit.data.sources import bundled_photos
+
+    root = settings.data_root()
+    tasks = [t.summary() for t in list_tasks(root)]
+    imagenet = root / "imagenet"
+    n_imagenet = sum(1 for p in imagenet.rglob("*") if p.is_file() and p.suffix.lower() in
+                     {".jpg", ".jpeg", ".png"}) if imagenet.is_dir() else 0
+    sources = [{"name": "imagenet", "images": n_imagenet, "path": str(imagenet)},
+               {"name": "natural", "images": len(bundled_photos()), "path": "photos inside installed wheels"},
+               {"name": "train", "images": None, "path": "the audited task's training split"}]
+    if json_out:
+        print_json({"data_root": str(root), "tasks": tasks, "sources": sources})
+        return
+    table = Table(title=f"Tasks in {root}")
+    for col in ("task", "file", "modality", "train", "val", "test", "classes", "views"):
+        table.add_column(col)
+    for t in tasks:
+        c = t["counts"]
+        classes = ", ".join(t["classes"])
+        table.add_row(t["name"], t["path"].rsplit("/", 1)[-1], t["modality"] or "", str(c.get("train", "")),
+                      str(c.get("val", "")), str(c.get("test", "")),
+                      f"{len(t['classes'])}: {classes[:60]}{'…' if len(classes) > 60 else ''}",
+                      ", ".join(t["views"]))
+    err.print(table)
+    st = Table(title="Natural-image sources")
+    for col in ("source", "images", "from"):
+        st.add_column(col)
+    for s in sources:
+        st.add_row(s["name"], "" if s["images"] is None else str(s["images"]), s["path"])
+    err.print(st)
+
+
+@app.command("fetch")
+def fetch(
+    name: Annotated[str, typer.Argument(help="MedMNIST flag or task alias (dermamnist, skin, pneumonia, ...).")],
+    size: Annotated[int, typer.Option(help="MedMNIST image size: 28, 64, 128 or 224.")] = 28,
+) -> None:
+    """Download a MedMNIST dataset into the data root (needs internet and the medmnist package)."""
+    from robaudit.data.fetch import fetch_medmnist
+
+    path = fetch_medmnist(name, size)
+    from robaudit.console import info
+
+    info(f"[green]saved[/] {path}")

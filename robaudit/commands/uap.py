@@ -1,0 +1,93 @@
+"""``robaudit uap``: build a universal adversarial perturbation and measure it against random controls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def uap(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Zoo name (trained), e.g. skin_resnet50.")]
+    = None,
+    source: Annotated[str, typer.Option("--source", "-s",
+                                        help="imagenet, natural (photos in wheels), train, or a folder.")]
+    = "imagenet",
+    data: Annotated[Optional[str], typer.Option(help="Task or npz/folder to evaluate on (default: the model's).")]
+    = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="A user checkpoint (.safetensors/.pt).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="timm architecture of --checkpoint.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint",
+                                                   help="Allow pickled code in a torch checkpoint.")] = False,
+    norm: Annotated[str, typer.Option(help="linf or l2.")] = "l2",
+    zeta: Annotated[Optional[float], typer.Option(help="eps / mean Lp norm of the task's images (default 0.04).")]
+    = None,
+    eps: Annotated[Optional[float], typer.Option(help="Absolute eps in [0,1] pixel units.")] = None,
+    method: Annotated[str, typer.Option(help="fgsm (published), deepfool or sgd.")] = "fgsm",
+    mode: Annotated[str, typer.Option(help="batched (fast) or reference (ART's exact sequential loop).")]
+    = "batched",
+    target: Annotated[Optional[str], typer.Option(help="Targeted UAP: class index or name.")] = None,
+    max_iter: Annotated[Optional[int], typer.Option(help="Passes over the source.")] = None,
+    step_size: Annotated[Optional[float], typer.Option(help="Step size in [0,1] pixel units.")] = None,
+    source_limit: Annotated[Optional[int], typer.Option(help="Use N source images (seeded subset).")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on N images of the split (seeded).")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    controls: Annotated[int, typer.Option(help="Random-noise control draws at the UAP's norm.")] = 10,
+    control_kind: Annotated[str, typer.Option(help="uniform, or art (the published draw).")] = "uniform",
+    clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clip x+v to [0,1] (published: no clip).")]
+    = True,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Decoding worker processes for large sources.")] = 0,
+    init: Annotated[Optional[Path], typer.Option(help="Warm-start from a saved uap.npy.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default reports/<run-id>/).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result JSON on stdout, nothing else.")]
+    = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML/Markdown reports.")] = False,
+) -> None:
+    """Build a UAP from SOURCE and evaluate it on the task's test split against random controls."""
+    from robaudit.config import make_spec
+    from robaudit.console import print_json
+    from robaudit.eval.runner import default_out_dir, result_json, run_uap
+    from robaudit.eval.summary import print_uap_summary
+
+    spec = make_spec(model=model, checkpoint=str(checkpoint) if checkpoint else None, arch=arch,
+                     trust_checkpoint=trust_checkpoint, data=data, split=split, eval_limit=eval_limit, source=source,
+                     source_limit=source_limit, norm=norm, zeta=zeta, eps=eps, method=method, mode=mode,
+                     target=target, max_iter=max_iter, step_size=step_size, batch_size=batch_size,
+                     controls=controls, control_kind=control_kind, clip=clip, seed=seed, device=device,
+                     workers=workers)
+    init_v = None
+    if init is not None:
+        import numpy as np
+        import torch
+
+        from robaudit.errors import BadInput
+
+        try:
+            init_v = torch.from_numpy(np.load(init)).float()
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"cannot read --init {str(init)!r}: {exc}") from None
+    out_dir = out or default_out_dir(spec)
+    run = run_uap(spec, out_dir=out_dir, quiet=json_out, init=init_v)
+    if not no_report:
+        _write_reports(run.result, out_dir)
+    if json_out:
+        print_json(result_json(run))
+    else:
+        print_uap_summary(run.result, out_dir)
+
+
+def _write_reports(result, out_dir: Path) -> None:
+    """HTML + Markdown reports beside result.json (a report failure never loses the result)."""
+    from robaudit.console import warn
+    from robaudit.errors import RobauditError
+
+    try:
+        from robaudit.report import write_reports
+
+        write_reports([result], out_dir, formats=("html", "md"))
+    except (RobauditError, ImportError, OSError) as exc:
+        warn(f"report not written ({exc}); the result is in {out_dir / 'result.json'}")

@@ -1,0 +1,101 @@
+"""Validated run specifications (pydantic): one ``UAPSpec`` is one UAP run, CLI or library."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from robaudit.errors import BadInput
+
+Norm = Literal["linf", "l2"]
+Method = Literal["fgsm", "deepfool", "sgd"]
+
+#: published FGSM step sizes converted to [0,1] pixel units: they used 0.0005 (natural sources) and
+#: 0.0024 (training images) on inputs scaled to [-1,1], i.e. half of that here. Used by reference mode;
+#: the batched modes choose their own step unless --step-size is given.
+DEFAULT_STEP = {"natural": 0.00025, "train": 0.0012}
+
+
+class UAPSpec(BaseModel):
+    """Everything that determines one UAP run's numbers (hashed for caching and resume)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str | None = None
+    checkpoint: str | None = None
+    arch: str | None = None
+    trust_checkpoint: bool = False
+    data: str | None = Field(None, description="task name or path; default: the model's own task")
+    split: str = "test"
+    eval_limit: int | None = Field(None, ge=1)
+    source: str = "imagenet"
+    source_limit: int | None = Field(None, ge=1)
+    norm: Norm = "l2"
+    zeta: float | None = Field(None, description="eps as a fraction of the mean Lp norm of the task's images")
+    eps: float | None = Field(None, description="absolute eps in [0,1] pixel units")
+    method: Method = "fgsm"
+    mode: Literal["batched", "reference"] = "batched"
+    target: str | None = None
+    max_iter: int | None = Field(None, ge=1)
+    step_size: float | None = Field(None, gt=0)
+    batch_size: int = Field(32, ge=1)
+    chunk_size: int = Field(1000, ge=1)
+    controls: int = Field(10, ge=0, le=1000)
+    control_kind: Literal["uniform", "art"] = "uniform"
+    clip: bool = True
+    seed: int = 0
+    device: str = "auto"
+    workers: int = Field(0, ge=0)
+    grayscale_source: bool | None = Field(None, description="default: greyscale sources for grey tasks")
+
+    @model_validator(mode="after")
+    def _check(self) -> UAPSpec:
+        if self.zeta is not None and self.eps is not None:
+            raise ValueError("give --zeta or --eps, not both")
+        if self.zeta is None and self.eps is None:
+            self.zeta = 0.04
+        if self.zeta is not None and not 0 < self.zeta <= 1:
+            raise ValueError(f"zeta must be in (0, 1] (a fraction; 0.04 = 4%), got {self.zeta}")
+        if self.eps is not None and (self.eps <= 0 or (self.norm == "linf" and self.eps > 1)):
+            raise ValueError(f"eps must be > 0 (and <= 1 for linf) in [0,1] pixel units, got {self.eps}")
+        if self.mode == "reference" and self.method != "fgsm":
+            raise ValueError("--mode reference exists for --method fgsm only")
+        if not self.model and not self.checkpoint:
+            raise ValueError("give --model NAME or --checkpoint PATH")
+        return self
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    def cache_key(self) -> str:
+        """Hash of every field that alters the numbers (device and worker count excluded)."""
+        payload = self.model_dump_json(exclude={"device", "workers"})
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    def default_max_iter(self) -> int:
+        """Published passes: one over a natural source, 15 over training images (batched: a few more)."""
+        if self.max_iter:
+            return self.max_iter
+        if self.source == "train":
+            return 15 if self.mode == "reference" else 10
+        return 1 if self.mode == "reference" else 5
+
+    def default_step(self) -> float | None:
+        if self.step_size:
+            return self.step_size
+        if self.method != "fgsm" or self.mode != "reference":
+            return None
+        return DEFAULT_STEP["train" if self.source == "train" else "natural"]
+
+
+def make_spec(**kwargs) -> UAPSpec:
+    """Build a UAPSpec, turning validation errors into one-line BadInput messages."""
+    try:
+        return UAPSpec(**kwargs)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        where = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        raise BadInput(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{msg}") from None

@@ -1,0 +1,111 @@
+"""Load a model for auditing: a trained zoo name from the store, or a user's checkpoint + arch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from robaudit.errors import BadInput
+from robaudit.models.store import ModelCard, is_trained, load_state, model_dir, read_card, sha256_file
+from robaudit.models.zoo import parse_zoo_name
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for attacks: ``module`` takes [0,1] images and returns logits (eval mode)."""
+
+    module: object
+    card: ModelCard
+    device: object
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card.classes)
+
+    def info(self):
+        from robaudit.results import ModelInfo
+
+        init = self.card.init if self.card.init in ("imagenet", "random") else "unknown"
+        return ModelInfo(name=self.card.name, arch=self.card.arch, init=init, transfer=self.card.transfer,
+                         task=self.card.task, classes=self.classes, input_size=self.card.input_size,
+                         sha256=self.card.weights_sha256)
+
+
+def build_module(card: ModelCard, state: dict, device):
+    """timm net from the card, loaded with ``state``, wrapped with its normalisation, in eval mode."""
+    import timm
+
+    from robaudit.models.normalize import Normalized
+
+    if not timm.is_model(card.arch):
+        from robaudit.errors import unknown_name
+
+        raise unknown_name("architecture", card.arch, timm.list_models())
+    net = timm.create_model(card.arch, pretrained=False, num_classes=len(card.classes))
+    head = _head_classes(state)
+    if head is not None and head != len(card.classes):
+        raise BadInput(f"checkpoint has a {head}-class head but {card.name!r} expects {len(card.classes)} classes "
+                       f"({', '.join(card.classes[:4])}{', ...' if len(card.classes) > 4 else ''})",
+                       "pass the --data task the model was trained on, or the matching checkpoint")
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BadInput(f"checkpoint does not fit arch {card.arch!r}: {len(missing)} missing and {len(unexpected)} "
+                       f"unexpected keys (e.g. {(missing or unexpected)[0]})", "check --arch")
+    return Normalized(net, card.mean, card.std).to(device).eval()
+
+
+def _head_classes(state: dict) -> int | None:
+    """Output size of the last 2-D weight whose name looks like a classifier head."""
+    heads = [k for k, v in state.items() if v.ndim == 2 and any(h in k for h in ("classifier", "fc", "head"))]
+    return int(state[heads[-1]].shape[0]) if heads else None
+
+
+def load_model(name: str | None = None, checkpoint: str | Path | None = None, arch: str | None = None,
+               device: str = "auto", trust_checkpoint: bool = False, task: str | None = None,
+               input_size: int | None = None) -> LoadedModel:
+    """Load a trained zoo model by name, or ``checkpoint`` (+ ``arch`` unless a card sits beside it)."""
+    from robaudit.device import resolve_device
+
+    dev = resolve_device(device)
+    if checkpoint is not None:
+        return _load_checkpoint(Path(checkpoint), arch, dev, trust_checkpoint, task, input_size, name)
+    if not name:
+        raise BadInput("no model given", "pass --model NAME (a zoo name) or --checkpoint PATH --arch ARCH")
+    if Path(name).suffix in (".safetensors", ".pt", ".pth", ".bin") or Path(name).is_file():
+        return _load_checkpoint(Path(name), arch, dev, trust_checkpoint, task, input_size, None)
+    if not is_trained(name):
+        recipe = parse_zoo_name(name)
+        raise BadInput(f"model {name!r} is not trained yet (store: {model_dir(name).parent})",
+                       f"run 'robaudit train {recipe.name}' first, or pass --checkpoint PATH --arch {recipe.arch}")
+    d = model_dir(name)
+    card = read_card(d / "card.json")
+    state = load_state(d / "model.safetensors")
+    return LoadedModel(build_module(card, state, dev), card, dev)
+
+
+def _load_checkpoint(path: Path, arch: str | None, dev, trust: bool, task: str | None, input_size: int | None,
+                     name: str | None) -> LoadedModel:
+    side_card = path.with_suffix(".json")
+    if side_card.is_file():
+        card = read_card(side_card)
+    else:
+        if not arch:
+            raise BadInput(f"checkpoint {str(path)!r} has no card beside it ({side_card.name})",
+                           "pass --arch ARCH (a timm architecture) and --data TASK")
+        if not task:
+            raise BadInput("a checkpoint without a card needs its task for the class names", "pass --data TASK")
+        import timm
+
+        from robaudit.data import load_task
+
+        t = load_task(task)
+        cfg = timm.create_model(arch, pretrained=False, num_classes=t.num_classes).pretrained_cfg
+        card = ModelCard(name=name or path.stem, arch=arch, task=t.full_name, classes=t.label_names,
+                         input_size=input_size or int(cfg.get("input_size", (3, 224, 224))[-1]),
+                         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+    if arch and arch != card.arch:
+        raise BadInput(f"--arch {arch!r} differs from the card's arch {card.arch!r}", "drop --arch or fix the card")
+    state = load_state(path, trust=trust)
+    card.weights_sha256 = card.weights_sha256 or sha256_file(path)
+    return LoadedModel(build_module(card, state, dev), card, dev)

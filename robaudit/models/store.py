@@ -1,0 +1,165 @@
+"""Model store (``$ROBAUDIT_HOME/models/<name>/``): safetensors weights + a JSON model card.
+
+Loading is safe by default: safetensors, or torch files with ``weights_only=True``. A checkpoint that
+needs pickled code is refused unless the caller opts in with ``trust_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from robaudit import settings
+from robaudit.errors import BadInput, UnsafeCheckpoint
+
+WEIGHTS = "model.safetensors"
+CARD = "card.json"
+
+
+class ModelCard(BaseModel):
+    """Everything needed to rebuild, preprocess and cite a trained model."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    name: str
+    arch: str
+    init: str = "unknown"
+    weights_source: str | None = None
+    transfer: str | None = None
+    top_k: int | None = None
+    task: str | None = None
+    classes: list[str]
+    input_size: int
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    data_sha256: dict[str, str] = Field(default_factory=dict)
+    weights_sha256: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    created: str | None = None
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import timm
+    import torch
+
+    from robaudit import __version__
+
+    return {"robaudit": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "python": platform.python_version()}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def model_dir(name: str) -> Path:
+    return settings.model_store() / name
+
+
+def is_trained(name: str) -> bool:
+    d = settings.model_store() / name
+    return (d / WEIGHTS).is_file() and (d / CARD).is_file()
+
+
+def trained_names() -> list[str]:
+    root = settings.model_store()
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and (d / CARD).is_file() and (d / WEIGHTS).is_file())
+
+
+def save_model(net, card: ModelCard) -> Path:
+    """Store ``net``'s weights (safetensors) and its card; returns the model folder."""
+    from safetensors.torch import save
+
+    d = model_dir(card.name)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    blob = save(state)
+    atomic_write_bytes(d / WEIGHTS, blob)
+    card.weights_sha256 = hashlib.sha256(blob).hexdigest()
+    atomic_write_text(d / CARD, card.model_dump_json(indent=2))
+    return d
+
+
+def read_card(path: Path) -> ModelCard:
+    try:
+        return ModelCard.model_validate(json.loads(path.read_text()))
+    except (OSError, ValueError, ValidationError) as exc:
+        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise BadInput(f"model card {str(path)!r} is invalid: {msg}", "retrain the model or fix the card") from None
+
+
+def load_state(path: Path, trust: bool = False) -> dict:
+    """Read a state dict from safetensors or a torch file (``weights_only`` unless ``trust``)."""
+    import torch
+
+    if not path.is_file():
+        raise BadInput(f"checkpoint {str(path)!r} does not exist", "check the path")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise BadInput(f"checkpoint {str(path)!r} is not a valid safetensors file: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if not trust and "weights_only" in str(exc).lower() or "unsupported global" in str(exc).lower():
+            raise UnsafeCheckpoint(
+                f"checkpoint {str(path)!r} contains pickled code, which robaudit refuses to execute",
+                "convert it to safetensors, or pass --trust-checkpoint if you trust its origin") from None
+        raise BadInput(f"checkpoint {str(path)!r} is not a readable torch file: {exc}") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise BadInput(f"checkpoint {str(path)!r} is not a readable torch file: {str(exc).splitlines()[0]}") from None
+    return _unwrap_state(obj, path)
+
+
+def _unwrap_state(obj, path: Path) -> dict:
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BadInput(f"checkpoint {str(path)!r} holds no state dict of tensors",
+                       "save model.state_dict() (ideally with safetensors)")
+    prefixes = ("module.", "model.", "net.")
+    for p in prefixes:
+        if all(k.startswith(p) for k in obj):
+            obj = {k[len(p):]: v for k, v in obj.items()}
+    return obj

@@ -1,0 +1,280 @@
+"""Transfer-learning trainer: full fine-tuning, top-k stages, linear probe, or from scratch.
+
+Each finished epoch is checkpointed (``train_state.safetensors`` + ``train_state.json``) so an
+interrupted run resumes from the last finished epoch with the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from robaudit.console import info, progress
+from robaudit.errors import BadInput
+from robaudit.models.store import ModelCard, atomic_write_text, model_dir, save_model, versions
+from robaudit.models.zoo import DEFAULT_IMAGE_SIZE, parse_zoo_name
+
+
+class TrainConfig(BaseModel):
+    """Training options (validated); everything that changes the weights is here and in the card."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float | None = Field(None, gt=0, description="default: 1e-3 fine-tuning, 3e-3 scratch, 1e-2 linear")
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: str = Field("adamw", pattern="^(adamw|sgd)$")
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=16, le=1024)
+    seed: int = 0
+    augment: bool = True
+    rotation: float = Field(5.0, ge=0, description="degrees (the published setting)")
+    shift: float = Field(0.05, ge=0, lt=0.5, description="fraction (the published setting)")
+    hflip: bool = True
+    balanced: bool = False
+    train_limit: int | None = Field(None, ge=1)
+    weights_file: str | None = None
+
+    def fingerprint(self, name: str) -> str:
+        return hashlib.sha256((name + self.model_dump_json()).encode()).hexdigest()[:16]
+
+
+def _default_lr(transfer: str) -> float:
+    return {"scratch": 3e-3, "linear": 1e-2}.get(transfer, 1e-3)
+
+
+def _set_trainable(net, transfer: str, top_k: int | None) -> None:
+    """Freeze parameters according to the transfer configuration (head always trains)."""
+    import timm
+
+    head = {id(p) for p in net.get_classifier().parameters()}
+    if transfer in ("full", "scratch"):
+        for p in net.parameters():
+            p.requires_grad_(True)
+        return
+    for p in net.parameters():
+        p.requires_grad_(id(p) in head)
+    if transfer == "top-k":
+        groups = timm.models.group_parameters(net, net.group_matcher(coarse=True))
+        names = dict(net.named_parameters())
+        # the last group holds the head; train the k groups (stages) before it too
+        for g in list(groups.values())[-(top_k + 1):]:
+            for n in g:
+                names[n].requires_grad_(True)
+
+
+def _frozen_modules_eval(net) -> None:
+    """Keep BatchNorm of fully frozen modules in eval mode so frozen features stay the ImageNet ones."""
+    for m in net.modules():
+        params = list(m.parameters(recurse=False))
+        if params and not any(p.requires_grad for p in params) and "Norm" in type(m).__name__:
+            m.eval()
+
+
+def _augment(x, cfg: TrainConfig, gen):
+    """Per-image random rotation (+-rotation deg), shift (+-shift) and horizontal flip, in one batched warp."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    if not cfg.augment:
+        return x
+    n = x.shape[0]
+    r = torch.rand(n, 4, generator=gen)
+    angle = (r[:, 0] * 2 - 1) * math.radians(cfg.rotation)
+    flip = torch.where((r[:, 1] < 0.5) & cfg.hflip, -1.0, 1.0)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    theta[:, :, 2] = (r[:, 2:] * 2 - 1) * cfg.shift * 2  # grid units span [-1, 1]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def evaluate_accuracy(module, x, y, batch_size: int = 256) -> tuple[float, object]:
+    """Accuracy of ``module`` on tensors (x in [0,1]); returns (accuracy, predictions)."""
+    import torch
+
+    preds = []
+    module.eval()
+    dev = next(module.parameters()).device
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            preds.append(module(x[i:i + batch_size].to(dev)).argmax(1).cpu())
+    p = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    return (float((p == y).float().mean()) if len(y) else 0.0), p
+
+
+def train_model(name: str, config: TrainConfig | None = None, device: str = "auto", resume: bool = True,
+                quiet: bool = False) -> ModelCard:
+    """Train zoo model ``name`` on its task and store it with its card; resumes unfinished runs."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from robaudit.data import load_task
+    from robaudit.device import resolve_device
+    from robaudit.models.factory import create_backbone
+    from robaudit.models.normalize import Normalized
+
+    cfg = config or TrainConfig()
+    recipe = parse_zoo_name(name)
+    task = load_task(recipe.task_ref, size=cfg.image_size)
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    bb = create_backbone(recipe.arch, task.num_classes, pretrained=recipe.init == "imagenet",
+                         weights_file=cfg.weights_file)
+    net = bb.net
+    _set_trainable(net, recipe.transfer, recipe.top_k)
+    model = Normalized(net, bb.mean, bb.std).to(dev)
+
+    idx = task.select("train", cfg.train_limit, cfg.seed)
+    x_tr, y_tr = task.tensors("train", size=cfg.image_size, indices=idx)
+    x_va, y_va = task.tensors("val", size=cfg.image_size) if "val" in task.splits else (x_tr[:0], y_tr[:0])
+    lr = cfg.lr or _default_lr(recipe.transfer)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                pct_start=0.15)
+    weights = None
+    if cfg.balanced:
+        counts = np.bincount(y_tr.numpy(), minlength=task.num_classes).astype(float)
+        weights = torch.as_tensor(1.0 / np.maximum(counts, 1)[y_tr.numpy()], dtype=torch.double)
+
+    d = model_dir(name)
+    fp = cfg.fingerprint(name)
+    state_file, meta_file = d / "train_state.safetensors", d / "train_state.json"
+    start_epoch, best = 0, {"val_accuracy": -1.0, "epoch": -1}
+    best_state = None
+    if resume and meta_file.is_file() and state_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("fingerprint") == fp:
+            saved = load_file(str(state_file))
+            net.load_state_dict({k[4:]: v for k, v in saved.items() if k.startswith("net.")})
+            best_state = {k[5:]: v for k, v in saved.items() if k.startswith("best.")} or None
+            opt.load_state_dict(_unflatten_optimizer(saved, meta["optimizer"]))
+            sched.load_state_dict(meta["scheduler"])
+            start_epoch, best = meta["epoch"] + 1, meta["best"]
+            if not quiet:
+                info(f"resuming {name} after epoch {start_epoch} of {cfg.epochs}")
+
+    t0 = time.time()
+    history = []
+    with progress(disable=quiet) as prog:
+        bar = prog.add_task(f"train {name}", total=cfg.epochs * steps_per_epoch, status="",
+                            completed=start_epoch * steps_per_epoch)
+        for epoch in range(start_epoch, cfg.epochs):
+            gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            if weights is not None:
+                order = torch.multinomial(weights, len(x_tr), replacement=True, generator=gen)
+            else:
+                order = torch.randperm(len(x_tr), generator=gen)
+            model.train()
+            _frozen_modules_eval(net)
+            total, correct, loss_sum = 0, 0, 0.0
+            for s in range(steps_per_epoch):
+                b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                xb = _augment(x_tr[b], cfg, gen).to(dev)
+                yb = y_tr[b].to(dev)
+                out = model(xb)
+                loss = torch.nn.functional.cross_entropy(out, yb)
+                if not torch.isfinite(loss):
+                    from robaudit.errors import RuntimeFailure
+
+                    raise RuntimeFailure(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}",
+                                         "lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += len(b)
+                correct += int((out.argmax(1) == yb).sum())
+                loss_sum += float(loss) * len(b)
+                prog.update(bar, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / total:.3f}")
+            val_acc, _ = evaluate_accuracy(model, x_va, y_va) if len(x_va) else (correct / total, None)
+            history.append({"epoch": epoch + 1, "loss": loss_sum / total, "train_accuracy": correct / total,
+                            "val_accuracy": val_acc})
+            if val_acc > best["val_accuracy"]:
+                best = {"val_accuracy": val_acc, "epoch": epoch}
+                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            # checkpoint the finished epoch (atomic), so Ctrl-C loses at most the running epoch
+            flat = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            flat.update({f"best.{k}": v.contiguous() for k, v in (best_state or {}).items()})
+            opt_tensors, opt_meta = _flatten_optimizer(opt.state_dict())
+            flat.update(opt_tensors)
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = state_file.with_suffix(".tmp")
+            save_file(flat, str(tmp))
+            tmp.replace(state_file)
+            atomic_write_text(meta_file, json.dumps({"fingerprint": fp, "epoch": epoch, "best": best,
+                                                     "optimizer": opt_meta, "scheduler": sched.state_dict(),
+                                                     "history": history}, default=float))
+
+    net.load_state_dict(best_state)
+    model.eval()
+    x_te, y_te = task.tensors("test", size=cfg.image_size)
+    test_acc, _ = evaluate_accuracy(model, x_te, y_te)
+    val_acc, _ = evaluate_accuracy(model, x_va, y_va) if len(x_va) else (float("nan"), None)
+    sub = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(cfg.seed))[:1000]
+    train_acc, _ = evaluate_accuracy(model, x_tr[sub], y_tr[sub])
+    majority = float(np.bincount(y_te.numpy()).max() / len(y_te))
+    card = ModelCard(
+        name=name, arch=recipe.arch, init=recipe.init, weights_source=bb.weights, transfer=recipe.transfer,
+        top_k=recipe.top_k, task=task.full_name, classes=task.label_names, input_size=cfg.image_size,
+        mean=bb.mean, std=bb.std,
+        metrics={"train_accuracy": train_acc, "val_accuracy": val_acc, "test_accuracy": test_acc,
+                 "test_majority_rate": majority, "best_epoch": best["epoch"] + 1,
+                 "seconds": time.time() - t0},
+        train=cfg.model_dump() | {"lr": lr, "device": str(dev), "n_train": len(x_tr),
+                                  "trainable_params": sum(p.numel() for p in params)},
+        data_sha256={s: task.sha256(s) for s in task.splits}, versions=versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    save_model(net, card)
+    for f in (state_file, meta_file):
+        f.unlink(missing_ok=True)
+    return card
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict, dict]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON metadata."""
+    import torch
+
+    tensors, meta_state = {}, {}
+    for pid, st in state["state"].items():
+        meta_state[str(pid)] = {}
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
+                meta_state[str(pid)][k] = "__tensor__"
+            else:
+                meta_state[str(pid)][k] = v
+    return tensors, {"state": meta_state, "param_groups": state["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+    state = {}
+    for pid, st in meta["state"].items():
+        state[int(pid)] = {k: (tensors[f"opt.{pid}.{k}"] if v == "__tensor__" else v) for k, v in st.items()}
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def check_trainable(name: str) -> None:
+    """Fail early (BadInput) on a bad zoo name or a missing task, before any training work."""
+    from robaudit.data import load_task
+
+    recipe = parse_zoo_name(name)
+    task = load_task(recipe.task_ref)
+    if task.num_classes < 2:
+        raise BadInput(f"task {task.full_name!r} has fewer than two classes")
