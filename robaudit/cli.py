@@ -60,29 +60,45 @@ app.command("gate")(gate_cmd.gate)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and map user-facing errors to one line and an exit code."""
+    """Entry point: run the app and map every error to one line on stderr and an exit code.
+
+    0 success, 1 a gate failed, 2 bad input (usage errors included), 3 runtime failure, 130 Ctrl-C.
+    """
+    from rich.markup import escape
+
+    try:  # typer >= 0.20 vendors click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as cx
+
+    from robaudit.console import err
     from robaudit.errors import RobauditError
 
+    def one_line(message: str, hint: str | None = None) -> None:
+        err.print(f"[bold red]error:[/] {escape(message)}" + (f" [dim]({escape(hint)})[/]" if hint else ""),
+                  soft_wrap=True, highlight=False)
+
     try:
-        app(args=argv, prog_name="robaudit", standalone_mode=True)
+        rv = app(args=argv, prog_name="robaudit", standalone_mode=False)
     except RobauditError as exc:
-        from rich.markup import escape
-
-        from robaudit.console import err
-
-        err.print(f"[bold red]error:[/] {escape(exc.message)}" + (f" [dim]({escape(exc.hint)})[/]" if exc.hint else ""),
-                  soft_wrap=True, markup=True, highlight=False)
+        one_line(exc.message, exc.hint)
         return exc.exit_code
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except KeyboardInterrupt as exc:
-        from rich.markup import escape
-
-        from robaudit.console import err
-
+    except getattr(cx, "NoArgsIsHelpError", ()) as exc:
+        print(exc.ctx.get_help())
+        return 0
+    except cx.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx else "robaudit"
+        one_line(exc.format_message().replace("\n", " "), f"see '{path} --help'")
+        return 2
+    except cx.ClickException as exc:
+        one_line(exc.format_message())
+        return exc.exit_code
+    except (typer.Exit, getattr(cx, "Exit", typer.Exit)) as exc:
+        return exc.exit_code
+    except (KeyboardInterrupt, cx.Abort) as exc:
         err.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/]")
         return 130
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 def run() -> None:

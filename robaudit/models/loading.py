@@ -75,6 +75,9 @@ def load_model(name: str | None = None, checkpoint: str | Path | None = None, ar
         return _load_checkpoint(Path(name), arch, dev, trust_checkpoint, task, input_size, None)
     if not is_trained(name):
         recipe = parse_zoo_name(name)
+        from robaudit.data import load_task
+
+        load_task(recipe.task_ref)  # an unknown task is the better error
         raise BadInput(f"model {name!r} is not trained yet (store: {model_dir(name).parent})",
                        f"run 'robaudit train {recipe.name}' first, or pass --checkpoint PATH --arch {recipe.arch}")
     d = model_dir(name)

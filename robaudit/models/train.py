@@ -201,7 +201,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
                 sched.step()
                 total += len(b)
                 correct += int((out.argmax(1) == yb).sum())
-                loss_sum += float(loss) * len(b)
+                loss_sum += loss.item() * len(b)
                 prog.update(bar, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / total:.3f}")
             val_acc, _ = evaluate_accuracy(model, x_va, y_va) if len(x_va) else (correct / total, None)
             history.append({"epoch": epoch + 1, "loss": loss_sum / total, "train_accuracy": correct / total,

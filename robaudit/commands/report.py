@@ -1,0 +1,61 @@
+"""``robaudit report``: render a result or an audit as HTML, Markdown, PDF or JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+FORMAT_HELP = "html (self-contained, printable), md (pull-request summary), pdf (via headless Chromium) or json."
+
+
+def report(
+    result: Annotated[Path, typer.Argument(help="result.json from 'uap'/'attack', or the audit JSON from 'audit'.",
+                                           show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)] = "html",
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Output file ('-' for stdout, not for pdf; md appends to $GITHUB_STEP_SUMMARY). "
+        "Default: report.<ext> next to RESULT (json: stdout).")] = None,
+    title: Annotated[Optional[str], typer.Option(help="Report title (default: from the model names).")] = None,
+) -> None:
+    """Write a robustness report for a security or regulatory reviewer."""
+    import sys
+
+    from rich.markup import escape
+
+    from robaudit.console import info, print_json
+    from robaudit.errors import BadInput
+    from robaudit.report import (
+        SUFFIX,
+        build_report,
+        check_formats,
+        is_step_summary,
+        load_input,
+        render,
+        report_json,
+        write_report,
+    )
+
+    (fmt,) = check_formats([fmt])
+    rep = build_report(load_input(result), title=title)
+    if out is None and fmt == "json":
+        print_json(report_json(rep))
+        return
+    if out is not None and str(out) == "-":
+        if fmt == "pdf":
+            raise BadInput("a PDF cannot go to stdout", "pass --out FILE.pdf")
+        sys.stdout.write(render(rep, fmt))
+        sys.stdout.flush()
+        return
+    path = out if out is not None else result.parent / f"report{SUFFIX[fmt]}"
+    if path.is_dir():
+        path = path / f"report{SUFFIX[fmt]}"
+    if fmt == "md" and is_step_summary(path):
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(render(rep, "md"))
+        written = path
+    else:
+        written = write_report(rep, fmt, path)
+    info(f"[bold]{rep.severity.upper()}[/]: {escape(rep.verdict)}")
+    info(f"wrote {escape(str(written))}")
