@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from robaudit import __version__
+from robaudit.commands import audit as audit_cmd
 from robaudit.commands import data as data_cmd
 from robaudit.commands import gate as gate_cmd
 from robaudit.commands import models as models_cmd
@@ -54,6 +55,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(models_cmd.app, name="models")
 app.command("train")(models_cmd.train)
 app.command("uap")(uap_cmd.uap)
+app.command("audit")(audit_cmd.audit)
 # further commands register below (one line each)
 app.command("report")(report_cmd.report)
 app.command("gate")(gate_cmd.gate)

@@ -182,7 +182,8 @@ def load_result(path: str | Path) -> Result:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise BadInput(f"result file {str(p)!r} does not match schema {SCHEMA_VERSION}: {loc}: {first['msg']}") from None
+        raise BadInput(f"result file {str(p)!r} does not match schema {SCHEMA_VERSION}: {loc}: {first['msg']}",
+                       "regenerate it with this robaudit version") from None
 
 
 def json_schema() -> dict[str, Any]:

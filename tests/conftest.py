@@ -48,3 +48,30 @@ def tiny_model():
     torch.manual_seed(0)
     net = timm.create_model("resnet10t", pretrained=False, num_classes=3)
     return Normalized(net, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).eval()
+
+
+#: CPU-sized training recipes shared by the acceptance tests (trained once per session)
+TRAIN_RECIPES = {
+    "pneumonia_tf_efficientnet_lite0": dict(epochs=2, image_size=64, train_limit=1200),
+    "pneumonia_tf_efficientnet_lite0_random": dict(epochs=2, image_size=64, train_limit=1200),
+    "skin_tf_efficientnet_lite0": dict(epochs=2, image_size=64, train_limit=2000),
+}
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """``trained(name)`` trains a zoo model once per session (CPU-sized recipe) and returns its card."""
+    cards = {}
+
+    def get(name: str):
+        from robaudit.models.store import is_trained, model_dir, read_card
+        from robaudit.models.train import TrainConfig, train_model
+
+        if name not in cards:
+            if is_trained(name):
+                cards[name] = read_card(model_dir(name) / "card.json")
+            else:
+                cards[name] = train_model(name, TrainConfig(**TRAIN_RECIPES[name]), device="cpu", quiet=True)
+        return cards[name]
+
+    return get

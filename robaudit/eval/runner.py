@@ -206,9 +206,11 @@ def write_run(out_dir: Path, result: Result, v, x_eval, clean, adv, classes, spe
 
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "uap.npy", v.numpy())
+    np.savez_compressed(out_dir / "predictions.npz", clean=np.asarray(clean), adv=np.asarray(adv))
     save_uap_png(v, out_dir / "uap.png")
     save_examples_png(x_eval, v, clean, adv, classes, out_dir / "examples.png", clip=spec.clip)
-    result.artifacts = {"perturbation": "uap.npy", "perturbation_png": "uap.png", "examples_png": "examples.png"}
+    result.artifacts = {"perturbation": "uap.npy", "perturbation_png": "uap.png", "examples_png": "examples.png",
+                        "predictions": "predictions.npz"}
     atomic_write_text(out_dir / "spec.json", spec.model_dump_json(indent=2))
     atomic_write_text(out_dir / "result.json", result.model_dump_json(indent=2))
     (out_dir / PARTIAL).unlink(missing_ok=True)

@@ -157,7 +157,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
     fp = cfg.fingerprint(name)
     state_file, meta_file = d / "train_state.safetensors", d / "train_state.json"
     start_epoch, best = 0, {"val_accuracy": -1.0, "epoch": -1}
-    best_state = None
+    best_state, history = None, []
     if resume and meta_file.is_file() and state_file.is_file():
         meta = json.loads(meta_file.read_text())
         if meta.get("fingerprint") == fp:
@@ -166,12 +166,11 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
             best_state = {k[5:]: v for k, v in saved.items() if k.startswith("best.")} or None
             opt.load_state_dict(_unflatten_optimizer(saved, meta["optimizer"]))
             sched.load_state_dict(meta["scheduler"])
-            start_epoch, best = meta["epoch"] + 1, meta["best"]
+            start_epoch, best, history = meta["epoch"] + 1, meta["best"], meta.get("history", [])
             if not quiet:
                 info(f"resuming {name} after epoch {start_epoch} of {cfg.epochs}")
 
     t0 = time.time()
-    history = []
     with progress(disable=quiet) as prog:
         bar = prog.add_task(f"train {name}", total=cfg.epochs * steps_per_epoch, status="",
                             completed=start_epoch * steps_per_epoch)
@@ -238,7 +237,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
                  "test_majority_rate": majority, "best_epoch": best["epoch"] + 1,
                  "seconds": time.time() - t0},
         train=cfg.model_dump() | {"lr": lr, "device": str(dev), "n_train": len(x_tr),
-                                  "trainable_params": sum(p.numel() for p in params)},
+                                  "trainable_params": sum(p.numel() for p in params), "history": history},
         data_sha256={s: task.sha256(s) for s in task.splits}, versions=versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     save_model(net, card)

@@ -1,0 +1,185 @@
+"""Audit recipes: declarative TOML files (the top-level ``attacks/`` folder), validated with pydantic.
+
+A recipe names models (zoo names and/or checkpoints), sources, norms, zetas, methods and targeted
+settings; :meth:`AuditRecipe.cells` expands it into one :class:`~robaudit.config.UAPSpec` per cell.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import itertools
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from robaudit.config import UAPSpec
+from robaudit.errors import BadInput
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REPO_RECIPES = Path(__file__).resolve().parents[2] / "attacks"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class CheckpointModel(_Strict):
+    path: str
+    arch: str | None = None
+    data: str | None = None
+    name: str | None = None
+
+
+class TrainSettings(_Strict):
+    """How ``--train-missing`` trains zoo models the recipe needs (see ``robaudit train``)."""
+
+    epochs: int = Field(3, ge=1)
+    image_size: int = Field(64, ge=16)
+    batch_size: int = Field(64, ge=1)
+    train_limit: int | None = Field(None, ge=1)
+    lr: float | None = None
+    seed: int = 0
+
+
+class PerSampleSpec(_Strict):
+    """A per-sample attack run on every model of the recipe (``robaudit attack``)."""
+
+    attack: str
+    backend: str = "torchattacks"
+    norm: Literal["linf", "l2"] = "linf"
+    eps: list[float]
+    steps: int | None = None
+    n: int = Field(200, ge=1)
+
+
+class AuditRecipe(_Strict):
+    name: str
+    description: str = ""
+    models: list[str] = Field(default_factory=list, description="zoo names")
+    tasks: list[str] = Field(default_factory=list, description="with archs/transfers: models = product")
+    archs: list[str] = Field(default_factory=list)
+    transfers: list[Literal["full", "scratch", "linear"] | str] = Field(default_factory=lambda: ["full", "scratch"])
+    checkpoints: list[CheckpointModel] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=lambda: ["imagenet", "train"])
+    norms: list[Literal["linf", "l2"]] = Field(default_factory=lambda: ["l2"])
+    zetas: list[float] = Field(default_factory=lambda: [0.04])
+    methods: list[Literal["fgsm", "deepfool", "sgd"]] = Field(default_factory=lambda: ["fgsm"])
+    mode: Literal["batched", "reference"] = "batched"
+    targets: Literal["none", "all"] | list[str | int] = "none"
+    targeted_also_untargeted: bool = Field(True, description="with targets: also run the non-targeted cells")
+    controls: int = Field(10, ge=0)
+    split: str = "test"
+    eval_limit: int | None = Field(None, ge=1)
+    source_limit: int | None = Field(None, ge=1)
+    max_iter: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    clip: bool = True
+    seed: int = 0
+    seeds: list[int] = Field(default_factory=list, description="repeat every cell for each seed")
+    device: str = "auto"
+    transfer_eval: bool = True
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    per_sample: list[PerSampleSpec] = Field(default_factory=list)
+
+    @field_validator("zetas")
+    @classmethod
+    def _zetas(cls, v: list[float]) -> list[float]:
+        bad = [z for z in v if not 0 < z <= 1]
+        if bad:
+            raise ValueError(f"zetas must be in (0, 1] (0.04 = 4%), got {bad}")
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        # 'random' names the random-noise control, which every cell already measures
+        return [s for s in v if s != "random"]
+
+    def model_names(self) -> list[str]:
+        from robaudit.models.zoo import model_name
+
+        names = list(self.models)
+        for task, arch, transfer in itertools.product(self.tasks, self.archs, self.transfers):
+            top_k = int(transfer[3:]) if transfer.startswith("top") and transfer[3:].isdigit() else None
+            kind = "top-k" if top_k else transfer
+            names.append(model_name(task, arch, kind, top_k))
+        return list(dict.fromkeys(names))
+
+    def cells(self, classes_of) -> list[UAPSpec]:
+        """Expand the matrix; ``classes_of(model)`` gives a model's class names (for ``targets = 'all'``)."""
+        specs = []
+        models = [(n, None) for n in self.model_names()] + [(c.name or Path(c.path).stem, c) for c in self.checkpoints]
+        for (name, ckpt), source, norm, zeta, method, seed in itertools.product(
+                models, self.sources, self.norms, self.zetas, self.methods, self.seeds or [self.seed]):
+            if self.targets == "none":
+                targets: list = [None]
+            elif self.targets == "all":
+                targets = list(range(len(classes_of(name if ckpt is None else ckpt))))
+            else:
+                targets = list(self.targets)
+            if self.targets != "none" and self.targeted_also_untargeted:
+                targets = [None] + targets
+            for target in targets:
+                specs.append(UAPSpec(
+                    model=name if ckpt is None else None, checkpoint=ckpt.path if ckpt else None,
+                    arch=ckpt.arch if ckpt else None, data=ckpt.data if ckpt else None, split=self.split,
+                    eval_limit=self.eval_limit, source=source, source_limit=self.source_limit, norm=norm, zeta=zeta,
+                    method=method, mode=self.mode if method == "fgsm" else "batched",
+                    target=None if target is None else str(target), max_iter=self.max_iter,
+                    batch_size=self.batch_size, controls=self.controls, clip=self.clip, seed=seed,
+                    device=self.device))
+        return specs
+
+
+def recipe_names() -> list[str]:
+    names = set()
+    for folder in _recipe_dirs():
+        names |= {p.stem for p in folder.glob("*.toml")}
+    return sorted(names)
+
+
+def _recipe_dirs() -> list[Path]:
+    dirs = []
+    try:
+        pkg = importlib.resources.files("robaudit.recipes")
+        dirs.append(Path(str(pkg)))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    if REPO_RECIPES.is_dir():
+        dirs.append(REPO_RECIPES)
+    return [d for d in dirs if d.is_dir()]
+
+
+def load_recipe(name_or_path: str | Path) -> tuple[AuditRecipe, str]:
+    """Load a recipe by packaged name (``quick``, ``paper``) or TOML path; returns (recipe, its text)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        for folder in _recipe_dirs():
+            if (folder / f"{name_or_path}.toml").is_file():
+                path = folder / f"{name_or_path}.toml"
+                break
+        else:
+            from robaudit.errors import unknown_name
+
+            if path.suffix == ".toml":
+                raise BadInput(f"recipe file {str(path)!r} does not exist")
+            raise unknown_name("recipe", str(name_or_path), recipe_names(), "or pass a path to a .toml recipe")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"recipe {str(path)!r} is not valid TOML: {exc}") from None
+    raw.setdefault("name", path.stem)
+    try:
+        return AuditRecipe.model_validate(raw), text
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"])
+        raise BadInput(f"recipe {str(path)!r}: {loc}: {e['msg'].removeprefix('Value error, ')}",
+                       "see attacks/quick.toml for the fields") from None
