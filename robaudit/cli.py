@@ -16,6 +16,7 @@ import typer
 from robaudit import __version__
 from robaudit.commands import audit as audit_cmd
 from robaudit.commands import data as data_cmd
+from robaudit.commands import demo as demo_cmd
 from robaudit.commands import gate as gate_cmd
 from robaudit.commands import models as models_cmd
 from robaudit.commands import report as report_cmd
@@ -56,6 +57,7 @@ app.add_typer(models_cmd.app, name="models")
 app.command("train")(models_cmd.train)
 app.command("uap")(uap_cmd.uap)
 app.command("audit")(audit_cmd.audit)
+app.command("demo")(demo_cmd.demo)
 # further commands register below (one line each)
 app.command("report")(report_cmd.report)
 app.command("gate")(gate_cmd.gate)

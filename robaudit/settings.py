@@ -43,6 +43,13 @@ def data_root(required: bool = True) -> Path | None:
     return root
 
 
+def data_root_origin() -> str | None:
+    """Where the data root comes from: '--data-root', 'ROBAUDIT_DATA', or None (MedMNIST's cache)."""
+    if _DATA_ROOT_OVERRIDE is not None:
+        return "--data-root"
+    return "ROBAUDIT_DATA" if os.environ.get("ROBAUDIT_DATA") else None
+
+
 def home() -> Path:
     """The robaudit home ($ROBAUDIT_HOME, default ~/.cache/robaudit); created on demand."""
     path = Path(os.environ.get("ROBAUDIT_HOME", "~/.cache/robaudit")).expanduser()

@@ -117,8 +117,17 @@ def run_audit(recipe: AuditRecipe, out_dir: Path, *, recipe_text: str = "", resu
                     warn(f"cell {cell.key} failed: {cell.error}")
                 prog.advance(bar)
     doc = build_audit_doc(recipe, cells, out_dir, seconds=time.time() - t_start)
-    atomic_write_text(out_dir / "audit.json", json.dumps(doc, indent=2, default=_json_default))
+    write_audit_doc(doc, out_dir)
     return doc
+
+
+def write_audit_doc(doc: dict, out_dir: Path) -> Path:
+    """Write ``audit.json`` atomically."""
+    from robaudit.models.store import atomic_write_text
+
+    path = Path(out_dir) / "audit.json"
+    atomic_write_text(path, json.dumps(doc, indent=2, default=_json_default))
+    return path
 
 
 def run_cell(cell: Cell) -> Cell:

@@ -1,0 +1,25 @@
+"""``robaudit demo``: the offline end-to-end audit behind the README's first command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports/demo"),
+    small: Annotated[bool, typer.Option("--small", help="A reduced setting (CI smoke test).")] = False,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Never try to download data.")] = False,
+) -> None:
+    """Train a transfer-learned model and its random-init twin, attack them with UAPs, write reports."""
+    from robaudit.commands.audit import _print_summary
+    from robaudit.console import err
+    from robaudit.demo import run_demo
+
+    doc, choice, paths = run_demo(out, small=small, device=device, allow_download=not offline)
+    _print_summary(doc, out)
+    err.print(f"[bold]data used:[/] {choice.task} — {choice.why}")
+    err.print(f"[green]report:[/] [bold]{paths.get('html')}[/]  (Markdown: {paths.get('md')})")
