@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from robaudit import __version__
+from robaudit.commands import attack as attack_cmd
 from robaudit.commands import audit as audit_cmd
 from robaudit.commands import data as data_cmd
 from robaudit.commands import demo as demo_cmd
@@ -59,6 +60,7 @@ app.command("uap")(uap_cmd.uap)
 app.command("audit")(audit_cmd.audit)
 app.command("demo")(demo_cmd.demo)
 # further commands register below (one line each)
+app.command("attack")(attack_cmd.attack)
 app.command("report")(report_cmd.report)
 app.command("gate")(gate_cmd.gate)
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (typer.Exit, getattr(cx, "Exit", typer.Exit)) as exc:
         return exc.exit_code
-    except (KeyboardInterrupt, cx.Abort) as exc:
+    except (KeyboardInterrupt, getattr(cx, "Abort", KeyboardInterrupt)) as exc:
         err.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/]")
         return 130
     return rv if isinstance(rv, int) else 0

@@ -145,8 +145,8 @@ def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, ini
     with progress(disable=quiet) as prog:
         bar = prog.add_task(f"UAP {spec.method}/{spec.mode} on {spec.source}", total=max_iter * source_n, status="")
 
-        def on_progress(images_seen: int, rate: float) -> None:
-            prog.update(bar, completed=images_seen, status=f"source fooling {rate:.1%}")
+        def on_progress(n: int, status: str | None = None) -> None:
+            prog.update(bar, advance=n, **({"status": f"source {status}"} if status else {}))
 
         outcome = build_uap(lm.module, source, method=spec.method, norm=spec.norm, eps=eps, target=target,
                             mode=spec.mode, max_iter=max_iter, step_size=spec.default_step(),
