@@ -301,10 +301,7 @@ def transfer_matrices(done: list[Cell], recipe: AuditRecipe) -> list[dict]:
         for a_cell in group:
             v = torch.from_numpy(np.load(a_cell.dir / "uap.npy"))
             row = []
-            for b_cell in group:
-                if b_cell is a_cell:
-                    row.append(a_cell.result.metrics.fooling_rate.value)
-                    continue
+            for b_cell in group:  # the diagonal goes through the same path: it must equal the cell's own rate
                 spec = b_cell.spec
                 if spec.model not in models_cache:
                     models_cache[spec.model] = load_model(spec.model, checkpoint=spec.checkpoint, arch=spec.arch,
