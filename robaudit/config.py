@@ -47,6 +47,7 @@ class UAPSpec(BaseModel):
     seed: int = 0
     device: str = "auto"
     workers: int = Field(0, ge=0)
+    amp: bool = Field(False, description="build the UAP under bfloat16 autocast (metrics stay float32)")
     grayscale_source: bool | None = Field(None, description="default: greyscale sources for grey tasks")
 
     @model_validator(mode="after")
@@ -71,7 +72,7 @@ class UAPSpec(BaseModel):
 
     def cache_key(self) -> str:
         """Hash of every field that alters the numbers (device and worker count excluded)."""
-        payload = self.model_dump_json(exclude={"device", "workers"})
+        payload = self.model_dump_json(exclude={"device", "workers"} | (set() if self.amp else {"amp"}))
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
     def default_max_iter(self) -> int:

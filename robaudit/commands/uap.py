@@ -41,6 +41,7 @@ def uap(
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     workers: Annotated[int, typer.Option(help="Decoding worker processes for large sources.")] = 0,
+    amp: Annotated[bool, typer.Option("--amp", help="Build the UAP under bfloat16 autocast (GPU speed).")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Warm-start from a saved uap.npy.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default reports/<run-id>/).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result JSON on stdout, nothing else.")]
@@ -58,7 +59,7 @@ def uap(
                      source_limit=source_limit, norm=norm, zeta=zeta, eps=eps, method=method, mode=mode,
                      target=target, max_iter=max_iter, step_size=step_size, batch_size=batch_size,
                      controls=controls, control_kind=control_kind, clip=clip, seed=seed, device=device,
-                     workers=workers)
+                     workers=workers, amp=amp)
     init_v = None
     if init is not None:
         import numpy as np
@@ -72,6 +73,10 @@ def uap(
             raise BadInput(f"cannot read --init {str(init)!r}: {exc}") from None
     out_dir = out or default_out_dir(spec)
     run = run_uap(spec, out_dir=out_dir, quiet=json_out, init=init_v)
+    from robaudit.distributed import is_main
+
+    if not is_main():  # under torchrun only rank 0 writes reports and prints
+        return
     if not no_report:
         _write_reports(run.result, out_dir)
     if json_out:

@@ -100,6 +100,14 @@ class _Chunks:
     def __len__(self):
         return len(self.src)
 
+    def shard(self, rank: int, world: int) -> _Chunks:
+        """A torchrun rank's share: every world-th image, chunks of chunk_size / world (the same global chunks)."""
+        from dataclasses import replace
+
+        src = replace(self.src, items=self.src.items[rank::world])
+        spec = self.spec.model_copy(update={"chunk_size": max(1, self.spec.chunk_size // world)})
+        return _Chunks(src, self.size, spec)
+
 
 def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, init=None) -> UAPRun:
     """Run one UAP audit cell. Writes result.json, uap.npy, uap.png, examples.png to ``out_dir``."""
@@ -109,9 +117,12 @@ def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, ini
     from robaudit.attacks.noise import random_controls
     from robaudit.attacks.uap import build_uap
     from robaudit.data import load_task
+    from robaudit.distributed import fast_model, init_from_env, shard
     from robaudit.eval.metrics import compare_to_control, control_metrics, predict, uap_metrics
     from robaudit.models import load_model
 
+    group = init_from_env(spec.device)  # None unless launched by torchrun with 2+ processes
+    main = group is None or group.is_main
     lm = load_model(spec.model, checkpoint=spec.checkpoint, arch=spec.arch, device=spec.device,
                     trust_checkpoint=spec.trust_checkpoint, task=spec.data)
     size = lm.card.input_size
@@ -133,6 +144,8 @@ def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, ini
     source, source_n, source_desc = _source_iter(spec, task, size)
     if source_n == 0:
         raise BadInput(f"source {spec.source!r} has no images")
+    if group is not None:
+        source = shard(source, group)
 
     if init is None and out_dir is not None and (out_dir / PARTIAL).is_file():
         init = torch.from_numpy(np.load(out_dir / PARTIAL))
@@ -142,22 +155,22 @@ def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, ini
 
     max_iter = spec.default_max_iter()
     t0 = time.time()
-    with progress(disable=quiet) as prog:
+    with progress(disable=quiet or not main) as prog, fast_model(lm.module, lm.device, spec.amp) as net:
         bar = prog.add_task(f"UAP {spec.method}/{spec.mode} on {spec.source}", total=max_iter * source_n, status="")
 
         def on_progress(n: int, status: str | None = None) -> None:
             prog.update(bar, advance=n, **({"status": f"source {status}"} if status else {}))
 
-        outcome = build_uap(lm.module, source, method=spec.method, norm=spec.norm, eps=eps, target=target,
+        outcome = build_uap(net, source, method=spec.method, norm=spec.norm, eps=eps, target=target,
                             mode=spec.mode, max_iter=max_iter, step_size=spec.default_step(),
                             batch_size=spec.batch_size, clip=spec.clip, init=init, seed=spec.seed,
-                            device=lm.device, progress=on_progress)
+                            device=lm.device, progress=on_progress, distributed=group is not None)
     seconds = time.time() - t0
     v = outcome.v.detach().cpu().float()
     if not torch.isfinite(v).all():
         raise RuntimeFailure("the perturbation became NaN/inf", "the model's gradients overflow; try --norm linf")
     if outcome.interrupted:
-        if out_dir is not None:
+        if out_dir is not None and main:
             out_dir.mkdir(parents=True, exist_ok=True)
             np.save(out_dir / PARTIAL, v.numpy())
             (out_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
@@ -190,11 +203,15 @@ def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, ini
     notes = [f"source: {source_desc}",
              "fooling rate: prediction on x+v differs from the prediction on x (not the label), over all images",
              f"x+v {'clipped to [0,1]' if spec.clip else 'not clipped (as published)'}"]
+    if spec.amp:
+        notes.append("UAP built under bfloat16 autocast (--amp); every metric measured in float32")
     result = Result(robaudit_version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    command=command_line() or None, environment=environment(lm.device) | {"seed": spec.seed},
+                    command=command_line() or None,
+                    environment=environment(lm.device) | {"seed": spec.seed}
+                    | ({"distributed": group.info()} if group else {}),
                     model=lm.info(), data=task.data_info(spec.split, len(x_eval)), attack=attack, metrics=metrics,
                     control=control, comparison=comparison, notes=notes)
-    if out_dir is not None:
+    if out_dir is not None and main:  # every rank holds the same v and metrics; rank 0 writes
         write_run(out_dir, result, v, x_eval, clean, adv, lm.classes, spec)
     return UAPRun(result, v, out_dir)
 

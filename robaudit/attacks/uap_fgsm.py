@@ -1,0 +1,80 @@
+"""The published UAP method: iterative FGSM steps accumulated into one projected perturbation.
+
+``reference_chunk`` is ART's ``UniversalPerturbation`` (attacker 'fgsm') and, with a target,
+``TargetedUniversalPerturbation`` (Hirano & Takemoto, targeted FGSM), step for step, in torch:
+  * order: ``random.Random(seed).sample`` per pass (the same draws as ``random.seed(seed)`` + ART);
+  * labels: the clean predictions (non-targeted) or the target;
+  * per image, if x + v is not yet fooled (checked on x + v unclipped, as ART does), one L-inf FGSM
+    step of ``step_size`` on x + v, clipped to [0, 1] when ``clip`` (ART's clip_values=(0, 1));
+    if that step fools the model, v = project(x_adv - x);
+  * after each pass the success rate on the chunk (x + v clipped when ``clip``); stop at
+    ``max_iter`` passes or once it reaches 1 - delta.
+
+``batched_chunk`` takes every not-yet-fooled image's FGSM step of a mini-batch at once, at the same
+v: v <- project(v + step * sum_i sign(g_i) / sqrt(n)), g_i the gradient of image i's loss (ascending
+the cross-entropy of its clean prediction, or descending that of the target), n the number of those
+images. Pixels where the n steps agree move sqrt(n) steps, others about one, as n sequential steps
+in random-walk fashion would; one forward and one backward per mini-batch, no host sync per image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robaudit.attacks.lp import perturb
+from robaudit.attacks.uap import UAPRun, default_step
+
+
+def _fgsm(run: UAPRun, x: Tensor, label: Tensor, step: float) -> Tensor:
+    """ART's FastGradientMethod, L-inf, one sample: x + step * sign(grad CE), clipped, targeted descends."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(run.model(x), label), x)
+    sign = torch.nan_to_num(grad).sign()
+    x = x.detach()
+    adv = x + step * (-sign if run.targeted else sign)
+    if run.clip:
+        adv = adv.clamp(0.0, 1.0)
+    return x + (adv - x).clamp(-step, step)  # ART re-projects onto the step ball around x
+
+
+def reference_chunk(run: UAPRun, x: Tensor, y: Tensor) -> Tensor:
+    """ART's sequential loop on one chunk; returns the pass-end success per image."""
+    step, n, success = default_step(run, x), len(x), None
+    labels = run.labels(y).to(run.device)
+    for _ in range(run.max_iter):
+        for j in run.py_random.sample(range(n), n):
+            xi, li = x[j:j + 1].to(run.device, torch.float32), labels[j:j + 1]
+            with torch.no_grad():
+                current = run.model(xi + run.v).argmax(1)
+            if not bool(run.fooled(current, li)):
+                adv = _fgsm(run, xi + run.v, li, step)
+                with torch.no_grad():
+                    new = run.model(adv).argmax(1)
+                if bool(run.fooled(new, li) if run.targeted else new != current):
+                    run.set_v(adv - xi)
+            run.tick(1)
+        run.iterations += 1
+        success = run.evaluate(x, y)
+        rate = float(success.float().mean())
+        run.checkpoint(rate)
+        if rate >= 1 - run.delta:
+            break
+    return success
+
+
+def batched_chunk(run: UAPRun, x: Tensor, y: Tensor) -> None:
+    """Mini-batch FGSM: v <- project(v +/- step * (sum of the unfooled images' gradient signs) / sqrt(n))."""
+    step = default_step(run, x)
+    for _ in run.passes():
+        for xb, lb in run.batches(x, y):
+            xa = perturb(xb, run.v, run.clip).requires_grad_(True)
+            logits = run.model(xa)
+            fooled = run.fooled(logits.argmax(1), lb)
+            loss = (F.cross_entropy(logits, lb, reduction="none") * ~fooled).sum()
+            (grad,) = torch.autograd.grad(loss, xa)
+            signs, todo = run.reduce(grad.sign().sum(0, keepdim=True), (~fooled).sum())  # over all ranks
+            direction = signs / todo.clamp(min=1).sqrt()
+            run.set_v(run.v + step * (-direction if run.targeted else direction))
+            run.tick(len(xb), fooled.sum())

@@ -1,0 +1,133 @@
+"""Metrics of a UAP and of its random controls on one image set.
+
+Fooling is judged against the model's clean prediction (not the label), over all images, as in the
+published work; targeted success counts every image predicted as the target, with the clean rate
+of the target class beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from robaudit.attacks.lp import perturb
+from robaudit.eval.stats import mcnemar_exact, mean_ci, rate
+from robaudit.results import ClassBreakdown, Comparison, Control, ControlRate, Metrics, TargetedRate
+
+Images = Tensor | Iterable[Tensor]
+
+
+def model_device(model: nn.Module, device=None) -> torch.device:
+    """``device`` if given, else the device of the model's first parameter (CPU for a parameterless model)."""
+    if device is not None:
+        return torch.device(device)
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _chunks(images: Images) -> Iterable[Tensor]:
+    return [images] if isinstance(images, Tensor) else images
+
+
+def predict_draws(model: nn.Module, images: Images, vs: Sequence[Tensor | None], clip: bool = True,
+                  batch_size: int = 128, device=None) -> Tensor:
+    """Predictions on ``x + v`` for every ``v`` in ``vs`` (None = clean): LongTensor (len(vs), N) on CPU.
+
+    Each batch of images is read once and evaluated under every draw, so a one-pass chunk iterable works.
+    """
+    dev = model_device(model, device)
+    vs_dev = [None if v is None else v.to(dev) for v in vs]
+    out: list[Tensor] = []
+    with torch.inference_mode():
+        for chunk in _chunks(images):
+            for i in range(0, len(chunk), batch_size):
+                x = chunk[i:i + batch_size].to(dev, torch.float32)
+                preds = [model(x if v is None else perturb(x, v, clip)).argmax(1) for v in vs_dev]
+                out.append(torch.stack(preds).cpu())
+    if not out:
+        return torch.empty(len(vs), 0, dtype=torch.long)
+    return torch.cat(out, dim=1)
+
+
+def predict(model: nn.Module, images: Images, v: Tensor | None = None, clip: bool = True,
+            batch_size: int = 128, device=None) -> Tensor:
+    """Predicted classes (LongTensor (N,), CPU) on ``x`` or ``x + v`` (clipped to [0, 1] when ``clip``)."""
+    return predict_draws(model, images, [v], clip=clip, batch_size=batch_size, device=device)[0]
+
+
+def _np(t) -> np.ndarray:
+    return t.numpy() if isinstance(t, Tensor) else np.asarray(t)
+
+
+def uap_metrics(clean_pred, adv_pred, labels, class_names: Sequence[str], target: int | None = None) -> Metrics:
+    """Fooling rate (Wilson CI), accuracies, targeted success, per-class breakdown and confusion matrix.
+
+    ``confusion[i][j]`` counts images predicted ``i`` clean and ``j`` under the perturbation;
+    ``per_class`` groups by true label.
+    """
+    clean, adv, y = _np(clean_pred).astype(int), _np(adv_pred).astype(int), _np(labels).reshape(-1).astype(int)
+    if not clean.shape == adv.shape == y.shape:
+        raise ValueError(f"predictions and labels differ in length: {clean.shape}, {adv.shape}, {y.shape}")
+    k = len(class_names)
+    fooled = adv != clean
+    targeted = None
+    if target is not None:
+        hit = rate(adv == target)
+        targeted = TargetedRate(**hit.model_dump(), clean_rate=float(np.mean(clean == target)) if len(clean) else 0.0)
+    per_class = []
+    for c, name in enumerate(class_names):
+        m = y == c
+        n = int(m.sum())
+        per_class.append(ClassBreakdown(
+            index=c, name=name, n=n,
+            clean_accuracy=float(np.mean(clean[m] == c)) if n else None,
+            adv_accuracy=float(np.mean(adv[m] == c)) if n else None,
+            fooling_rate=float(np.mean(fooled[m])) if n else None))
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (clean, adv), 1)
+    return Metrics(
+        clean_accuracy=float(np.mean(clean == y)) if len(y) else 0.0,
+        adv_accuracy=float(np.mean(adv == y)) if len(y) else 0.0,
+        fooling_rate=rate(fooled),
+        targeted_success_rate=targeted,
+        per_class=per_class,
+        confusion=confusion.tolist(),
+    )
+
+
+def _control_rate(outcomes: np.ndarray) -> ControlRate:
+    draws = outcomes.mean(axis=1) if outcomes.shape[1] else np.zeros(len(outcomes))
+    return ControlRate(value=float(draws.mean()), ci=mean_ci(draws), draws=[float(d) for d in draws])
+
+
+def control_metrics(model: nn.Module, images: Images, controls: Tensor, clean_pred, *, target: int | None = None,
+                    clip: bool = True, kind: str = "uniform", norm_value: float | None = None,
+                    batch_size: int = 128, device=None) -> tuple[Control, np.ndarray]:
+    """Evaluate K control draws ``controls`` (K, C, H, W) exactly like the UAP.
+
+    Returns the :class:`Control` summary (mean over draws, t-interval over draws, every draw's rate) and
+    the per-draw outcomes as a bool array (K, N): fooled (non-targeted) or predicted as ``target``.
+    """
+    adv = predict_draws(model, images, [d[None] for d in controls], clip=clip, batch_size=batch_size,
+                        device=device).numpy()
+    fooled = adv != _np(clean_pred).astype(int)[None, :]
+    hits = adv == target if target is not None else None
+    control = Control(kind=kind, draws=len(controls), norm_value=norm_value, fooling_rate=_control_rate(fooled),
+                      targeted_success_rate=_control_rate(hits) if hits is not None else None)
+    return control, (hits if hits is not None else fooled)
+
+
+def compare_to_control(uap_outcomes, control_outcomes) -> Comparison:
+    """Exact McNemar test, on the same images, of the UAP against the control draw with the median rate."""
+    uap = _np(uap_outcomes).astype(bool)
+    ctrl = np.atleast_2d(_np(control_outcomes).astype(bool))
+    rates = ctrl.mean(axis=1)
+    draw = int(np.argsort(rates, kind="stable")[(len(rates) - 1) // 2])
+    stat, p, detail = mcnemar_exact(uap, ctrl[draw])
+    detail.update(control_draw=draw, draws=len(ctrl), uap_rate=float(uap.mean()), control_rate=float(rates[draw]),
+                  note=f"exact McNemar on the same {uap.size} images: UAP vs control draw {draw} of {len(ctrl)} "
+                       "(the draw with the median rate); a_only = UAP only, b_only = control only")
+    return Comparison(test="mcnemar-exact", p_value=p, statistic=stat, detail=detail)

@@ -1,0 +1,139 @@
+"""Audit cells as Ray tasks: ``robaudit audit --executor ray [--address ADDR]`` (``pip install 'robaudit[ray]'``).
+
+Each cell runs :func:`robaudit.eval.audit.run_cell` inside a Ray task, so it writes the same
+``cells/<hash>/`` folder (result.json, uap.npy, predictions.npz, or error.json) as the local
+executor, and ``--resume`` picks up whatever finished, whichever executor or machine ran it. A cell
+whose spec runs on CUDA asks Ray for one GPU (``device = "auto"`` too, when the cluster has GPUs)
+and uses the GPU Ray assigns; other cells ask for one CPU, plus one per decoding worker.
+
+Workers need robaudit installed, and on a multi-node cluster the audit folder, the model store
+(``ROBAUDIT_HOME``) and the data root must be on a file system every node mounts at the same path:
+the driver passes those paths and its working directory to each task. Ctrl-C cancels the running
+cells (each saves its partial perturbation, as locally) and keeps every finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from robaudit.errors import BadInput
+
+#: environment variables a cell task inherits from the driver (paths and offline switches)
+PASSED_ENV = ("ROBAUDIT_HOME", "ROBAUDIT_DATA", "ROBAUDIT_REPORTS", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME",
+              "MPLBACKEND")
+
+
+def import_ray():
+    """The ``ray`` module, or a one-line BadInput saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise BadInput("--executor ray needs Ray, which is not installed", "pip install 'robaudit[ray]'") from None
+    return ray
+
+
+def cell_resources(spec, cluster_gpus: float) -> dict:
+    """Ray resources of one cell: one GPU for a CUDA cell, else none; one CPU plus its decoding workers."""
+    device = (spec.device or "auto").lower()
+    gpu = device.startswith("cuda") or (device == "auto" and cluster_gpus > 0)
+    return {"num_cpus": 1 + spec.workers, "num_gpus": 1 if gpu else 0}
+
+
+def driver_env() -> dict:
+    """What a cell task needs from the driver: its working directory and the robaudit paths it resolved."""
+    from robaudit import settings
+
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    env["ROBAUDIT_HOME"] = str(settings.home().resolve())
+    root = settings.data_root(required=False)  # honours --data-root
+    if root is not None:
+        env["ROBAUDIT_DATA"] = str(root.resolve())
+    return {"cwd": os.getcwd(), "env": env}
+
+
+def run_cell_task(cell, context: dict):
+    """Body of a Ray task: run one cell where the driver would, return ``(result, error)``."""
+    import torch
+
+    from robaudit import settings
+    from robaudit.eval.audit import run_cell
+
+    os.environ.update(context["env"])
+    settings.set_data_root(context["env"].get("ROBAUDIT_DATA"))
+    os.chdir(context["cwd"])
+    threads = int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0))  # Ray sets it to the task's CPUs
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if cell.spec.device.lower().startswith("cuda"):  # 'cuda:3' on the driver = the one GPU Ray gave us here
+        cell.spec = cell.spec.model_copy(update={"device": "cuda"})
+    run_cell(cell)
+    return cell.result, cell.error
+
+
+def run_cells_ray(cells: list, address: str | None = None, quiet: bool = False) -> list:
+    """Run ``cells`` (``robaudit.eval.audit.Cell``) as Ray tasks; fill each ``result`` or ``error`` in place.
+
+    Joins the cluster at ``address`` ('auto', 'ray://host:10001', ...) or, with none given, an already
+    initialised Ray or a fresh local one (shut down again at the end).
+    """
+    ray = import_ray()
+    if not cells:
+        return cells
+    from robaudit.console import progress, warn
+
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
+                     logging_level=logging.ERROR if quiet else logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise BadInput(f"cannot connect to the Ray cluster at {address!r}: {exc}",
+                           "start one with 'ray start --head', or drop --address for a local one") from None
+    pending: dict = {}
+    try:
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        task = ray.remote(run_cell_task)
+        context = driver_env()
+        for cell in cells:
+            cell.dir = Path(cell.dir).resolve()
+            res = cell_resources(cell.spec, gpus)
+            if res["num_gpus"] and not gpus:
+                warn(f"cell {cell.key} asks for a GPU but the Ray cluster has none yet; it waits for one")
+            pending[task.options(name=f"robaudit-cell-{cell.key[:8]}", **res).remote(cell, context)] = cell
+        with progress(disable=quiet) as prog:
+            bar = prog.add_task(f"audit on Ray ({len(cells)} cells)", total=len(cells), status="")
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                cell = pending.pop(done[0])
+                try:
+                    cell.result, cell.error = ray.get(done[0])
+                except ray.exceptions.RayError as exc:  # the task died (worker crash, OOM kill, node lost)
+                    cell.error = _task_error(cell, exc)
+                if cell.error:
+                    warn(f"cell {cell.key} failed: {cell.error}")
+                prog.advance(bar)
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref)  # a KeyboardInterrupt inside each running cell: it saves its partial UAP
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    return cells
+
+
+def _task_error(cell, exc) -> str:
+    """Record a task that died without reaching run_cell's own error handling, as run_cell would."""
+    from robaudit.models.store import atomic_write_text
+
+    first = (str(exc).strip().splitlines() or [""])[-1][:500]
+    error = f"{type(exc).__name__}: {first}"
+    try:
+        atomic_write_text(cell.dir / "error.json", json.dumps({"key": cell.key, "error": error,
+                                                               "spec": cell.spec.model_dump()}, indent=2))
+    except OSError:
+        pass
+    return error
