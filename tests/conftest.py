@@ -54,7 +54,6 @@ def tiny_model():
 TRAIN_RECIPES = {
     "pneumonia_tf_efficientnet_lite0": dict(epochs=2, image_size=64, train_limit=1500, balanced=True),
     "pneumonia_tf_efficientnet_lite0_random": dict(epochs=2, image_size=64, train_limit=1500, balanced=True),
-    "skin_tf_efficientnet_lite0": dict(epochs=2, image_size=64, train_limit=2000),
 }
 
 
