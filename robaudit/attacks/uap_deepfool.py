@@ -15,6 +15,7 @@ from torch import Tensor
 
 from robaudit.attacks.lp import perturb
 from robaudit.attacks.uap import UAPRun
+from robaudit.errors import BadInput
 
 
 def deepfool(model, x: Tensor, labels: Tensor, norm: str, *, target: int | None = None, overshoot: float = 0.02,
@@ -59,6 +60,8 @@ class DeepFoolUAP:
     """Chunk loop of the DeepFool UAP. Options: ``overshoot`` (0.02), ``df_iter`` (10), ``candidates`` (10)."""
 
     def __init__(self, overshoot: float = 0.02, df_iter: int = 10, candidates: int = 10):
+        if overshoot < 0 or df_iter < 1 or candidates < 2:
+            raise BadInput("deepfool needs overshoot >= 0, df_iter >= 1 and candidates >= 2 (the label + 1)")
         self.overshoot, self.df_iter, self.candidates = overshoot, df_iter, candidates
 
     def __call__(self, run: UAPRun, x: Tensor, y: Tensor) -> None:
