@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         from click import exceptions as cx
 
     from robaudit.console import err
-    from robaudit.errors import RobauditError
+    from robaudit.errors import Interrupted, RobauditError
 
     def one_line(message: str, hint: str | None = None) -> None:
         err.print(f"[bold red]error:[/] {escape(message)}" + (f" [dim]({escape(hint)})[/]" if hint else ""),
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         rv = app(args=argv, prog_name="robaudit", standalone_mode=False)
+    except Interrupted as exc:
+        err.print(f"[yellow]{escape(exc.message)}[/]", soft_wrap=True, highlight=False)
+        return exc.exit_code
     except RobauditError as exc:
         one_line(exc.message, exc.hint)
         return exc.exit_code
@@ -101,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (typer.Exit, getattr(cx, "Exit", typer.Exit)) as exc:
         return exc.exit_code
-    except (KeyboardInterrupt, getattr(cx, "Abort", KeyboardInterrupt)) as exc:
-        err.print(f"[yellow]{escape(str(exc) or 'interrupted')}[/]")
+    except (KeyboardInterrupt, typer.Abort, getattr(cx, "Abort", KeyboardInterrupt)) as exc:
+        # click turns Ctrl-C into Abort; the KeyboardInterrupt it wraps carries our resume hint
+        cause = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
+        err.print(f"[yellow]{escape(str(cause or '') or 'interrupted')}[/]")
         return 130
     return rv if isinstance(rv, int) else 0
 

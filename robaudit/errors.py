@@ -32,6 +32,12 @@ class RuntimeFailure(RobauditError):
     exit_code = 3
 
 
+class Interrupted(RobauditError):
+    """The user pressed Ctrl-C; what was computed is saved and the message says how to resume."""
+
+    exit_code = 130
+
+
 class UnsafeCheckpoint(BadInput):
     """A checkpoint would execute pickled code when loaded."""
 

@@ -106,7 +106,7 @@ def test_transfer_diagonal_equals_per_model_uap(full_run):
         cell = next(c for c in doc["cells"] if c["model"]["name"] == name and c["attack"]["source"] ==
                     m["title"].split("source ")[1].split(" ")[0])
         assert m["values"][i][i] == pytest.approx(cell["metrics"]["fooling_rate"]["value"], abs=1e-12)
-        spec = UAPSpec.model_validate_json((out / "cells" / cell["cell"] / "spec.json").read_text())
+        spec = UAPSpec.model_validate_json((out / cell["artifacts"]["cell_dir"] / "spec.json").read_text())
         solo = run_uap(spec, out_dir=None, quiet=True).result
         assert solo.metrics.fooling_rate.value == pytest.approx(m["values"][i][i], abs=1e-12)
 
@@ -134,7 +134,7 @@ def test_kill_and_resume_matches_uninterrupted(twins, recipe_file, full_run, tmp
     assert resumed["counts"]["cached"] == 2 and resumed["counts"]["done"] == 4
 
     def strip(d):
-        return [{k: v for k, v in c.items() if k not in ("created", "command")} | {
+        return [{k: v for k, v in c.items() if k not in ("created", "command", "artifacts")} | {
             "attack": {k: v for k, v in c["attack"].items() if k != "seconds"}} for c in d["cells"]]
 
     assert strip(resumed) == strip(full)

@@ -24,7 +24,7 @@ def audit(
 ) -> None:
     """Run every cell of a recipe (models x sources x norms x zetas x methods x targets) with statistics."""
     from robaudit.console import err, print_json, warn
-    from robaudit.errors import BadInput
+    from robaudit.errors import BadInput, Interrupted
     from robaudit.eval.audit import run_audit
     from robaudit.eval.recipes import load_recipe
 
@@ -37,9 +37,9 @@ def audit(
     try:
         doc = run_audit(rec, out_dir, recipe_text=text, resume=resume, train_missing=train_missing, quiet=json_out,
                         executor=executor, address=address)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"interrupted: finished cells are saved in {out_dir / 'cells'}; re-run with "
-                                f"--resume --out {out_dir} to continue") from None
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(f"interrupted: finished cells are saved in {out_dir / 'cells'}; re-run with "
+                          f"--resume --out {out_dir} to continue") from None
     if not no_report:
         try:
             from robaudit.report import load_input, write_reports

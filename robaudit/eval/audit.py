@@ -21,7 +21,7 @@ import numpy as np
 
 from robaudit import __version__
 from robaudit.config import UAPSpec
-from robaudit.errors import BadInput, RobauditError
+from robaudit.errors import BadInput, Interrupted, RobauditError
 from robaudit.eval.recipes import AuditRecipe
 from robaudit.results import Result
 
@@ -138,7 +138,7 @@ def run_cell(cell: Cell) -> Cell:
     try:
         cell.result = run_uap(cell.spec, out_dir=cell.dir, quiet=True).result
         (cell.dir / "error.json").unlink(missing_ok=True)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         raise
     except (RobauditError, RuntimeError, ValueError) as exc:
         cell.error = f"{type(exc).__name__}: {exc}"
@@ -270,10 +270,18 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
                    "cached": sum(c.cached for c in cells)},
         "multiple_comparison": {"method": PVALUE_CORRECTION, "family_size": len(family),
                                 "note": "Holm correction over every UAP-vs-control and init comparison test"},
-        "cells": [json.loads(c.result.model_dump_json()) | {"cell": c.key} for c in done],
+        "cells": [_cell_json(c) for c in done],
         "failed": failed, "tables": tables,
         "transfer": matrices[0] if matrices else None, "transfer_matrices": matrices,
     }
+
+
+def _cell_json(cell: Cell) -> dict:
+    """A cell's result with its artifacts made relative to the audit folder (``cells/<hash>/...``)."""
+    doc = json.loads(cell.result.model_dump_json())
+    doc["artifacts"] = {k: f"cells/{cell.key}/{v}" for k, v in doc["artifacts"].items()} | {
+        "cell_dir": f"cells/{cell.key}"}
+    return doc
 
 
 def transfer_matrices(done: list[Cell], recipe: AuditRecipe) -> list[dict]:

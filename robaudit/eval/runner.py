@@ -174,8 +174,11 @@ def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, ini
             out_dir.mkdir(parents=True, exist_ok=True)
             np.save(out_dir / PARTIAL, v.numpy())
             (out_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
-        raise KeyboardInterrupt(f"interrupted: the best perturbation so far is in {out_dir / PARTIAL}; "
-                                "re-run the same command with the same --out to resume")
+        from robaudit.errors import Interrupted
+
+        where = f"is in {out_dir / PARTIAL}" if out_dir is not None else "was not saved (no output folder)"
+        raise Interrupted(f"interrupted: the best perturbation so far {where}; re-run the same command with the "
+                          "same --out to resume")
 
     clean = predict(lm.module, x_eval, None, clip=spec.clip, batch_size=256, device=lm.device)
     adv = predict(lm.module, x_eval, v, clip=spec.clip, batch_size=256, device=lm.device)
