@@ -54,7 +54,24 @@ def images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def uap_rate(model, x, args, distributed: bool = False) -> dict:
+def _time_collectives() -> dict:
+    """Wall seconds this rank spends in Group collectives (waiting for slower ranks included; with NCCL
+    only the enqueue is timed, so read it for gloo)."""
+    from robaudit.distributed import Group
+
+    acc = {"s": 0.0}
+    for name in ("all_sum", "sum_count", "broadcast", "gather_ordered", "_all_gather_sizes"):
+        def timed(self, *a, _f=getattr(Group, name), **k):
+            t = time.perf_counter()
+            try:
+                return _f(self, *a, **k)
+            finally:
+                acc["s"] += time.perf_counter() - t
+        setattr(Group, name, timed)
+    return acc
+
+
+def uap_rate(model, x, args, distributed: bool = False, comm: dict | None = None) -> dict:
     from robaudit.attacks.uap import build_uap
 
     kw = dict(method=args.method, norm="linf", eps=8 / 255, max_iter=args.passes, batch_size=args.batch_size,
@@ -64,9 +81,11 @@ def uap_rate(model, x, args, distributed: bool = False) -> dict:
         import torch.distributed as dist
 
         dist.barrier()
+    if comm is not None:
+        comm["s"] = 0.0
     out = build_uap(model, x, **kw)
     return {"seconds": out.seconds, "images": out.images_seen, "images_per_s": out.images_seen / out.seconds,
-            "fooling": out.source_fooling_rate, "v": out.v}
+            "fooling": out.source_fooling_rate, "v": out.v, "comm_s": comm["s"] if comm else 0.0}
 
 
 def single_device(args) -> dict:
@@ -173,10 +192,11 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     group = init_from_env(args.device)
+    comm = _time_collectives() if group is not None else {"s": 0.0}
     device = f"cuda:{torch.cuda.current_device()}" if args.device.startswith("cuda") else "cpu"
     model = make_model(args.arch, device)
     x = images(args.images, args.size)
-    res = uap_rate(model, shard(x, group) if group else x, args, distributed=group is not None)
+    res = uap_rate(model, shard(x, group) if group else x, args, distributed=group is not None, comm=comm)
     if group is None or group.is_main:
         res["v"] = res["v"].flatten().tolist()
         print("BENCH " + json.dumps(res), flush=True)
@@ -220,7 +240,8 @@ def main() -> None:
         report["scaling"] = scaling(args)
         for r in report["scaling"]:
             print(f"{r['procs']} proc(s): UAP {r['seconds']:7.2f} s, {r['images_per_s']:8.1f} img/s, speed-up "
-                  f"{r['speedup']:.2f}, efficiency {r['efficiency']:.0%}, |v - v(1 proc)| max "
+                  f"{r['speedup']:.2f}, efficiency {r['efficiency']:.0%}, in collectives {r['comm_s']:.2f} s, "
+                  f"|v - v(1 proc)| max "
                   f"{r['max_abs_diff_vs_first']:.1e} (wall with start-up {r['wall_s_with_startup']:.0f} s)")
     if args.sweep:
         report["sweep"] = sweep(args)

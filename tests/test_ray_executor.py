@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def local_doc(recipe_file, tmp_path_factory):
 
 
 def _by_cell(doc) -> dict:
-    return {c["cell"]: c for c in doc["cells"]}
+    return {Path(c["artifacts"]["cell_dir"]).name: c for c in doc["cells"]}
 
 
 def _same_cells(a: dict, b: dict) -> None:
