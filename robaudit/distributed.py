@@ -11,7 +11,8 @@ method's update is summed over ranks (FGSM: the gradient signs and the count of 
 SGD: the gradient of v; DeepFool: the per-image steps, gathered and applied in the global order).
 Every rank then applies the same step, so all hold the same ``v``, and the run equals one process
 with the same ``batch_size`` (the *total* mini-batch) on the same data, up to float summation
-order. Reference mode (one image at a time) is sequential by definition and refused.
+order. Reference mode (one image at a time) is sequential by definition and refused. A
+``should_stop`` callback given to ``build_uap`` must answer alike on every rank.
 
 Only rank 0 writes files and prints. The test-split evaluation is small next to the source (a few
 forward passes over the test images against tens of thousands of source images with backward

@@ -127,6 +127,26 @@ def test_cells_fill_result_or_error_like_run_cell(recipe_file, local_cluster, tm
     assert (cells[1].dir / "error.json").is_file()
 
 
+def test_ctrl_c_cancels_the_rest_and_keeps_finished_cells(recipe_file, local_cluster, tmp_path, monkeypatch):
+    from robaudit.eval.audit import Cell, cells_of
+
+    cells = [Cell(s.cache_key(), s, tmp_path / s.cache_key()) for s in cells_of(load_recipe(recipe_file)[0])]
+    real_wait, calls = local_cluster.wait, {"n": 0}
+
+    def wait(refs, **kw):  # Ctrl-C in the driver once the first cell is back
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_wait(refs, **kw)
+
+    monkeypatch.setattr(local_cluster, "wait", wait)
+    with pytest.raises(KeyboardInterrupt):
+        run_cells_ray(cells, quiet=True)
+    first = [c for c in cells if c.result is not None or c.error is not None]
+    assert len(first) == 1 and (first[0].dir / ("error.json" if first[0].error else "result.json")).is_file()
+    assert calls["n"] == 3  # the grace wait for the cancelled cells
+
+
 def test_missing_ray_is_one_line_bad_input(recipe_file, tmp_path, monkeypatch, capsys):
     from robaudit.cli import main
 

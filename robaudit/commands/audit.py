@@ -16,7 +16,7 @@ def audit(
     = False,
     train_missing: Annotated[bool, typer.Option("--train-missing", help="Train zoo models the recipe needs.")]
     = False,
-    executor: Annotated[str, typer.Option(help="local, or ray (pip install 'robaudit[ray]').")] = "local",
+    executor: Annotated[str, typer.Option(help="local, or ray (pip install 'robaudit\\[ray]').")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --executor ray).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Override the recipe's device.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the audit JSON on stdout, nothing else.")] = False,

@@ -26,6 +26,10 @@ PASSED_ENV = ("ROBAUDIT_HOME", "ROBAUDIT_DATA", "ROBAUDIT_REPORTS", "HF_HUB_OFFL
               "MPLBACKEND")
 
 
+#: seconds a cancelled cell gets to save its partial perturbation before the driver gives up on it
+CANCEL_GRACE_S = 30
+
+
 def import_ray():
     """The ``ray`` module, or a one-line BadInput saying how to install it."""
     try:
@@ -76,8 +80,8 @@ def run_cell_task(cell, context: dict):
 def run_cells_ray(cells: list, address: str | None = None, quiet: bool = False) -> list:
     """Run ``cells`` (``robaudit.eval.audit.Cell``) as Ray tasks; fill each ``result`` or ``error`` in place.
 
-    Joins the cluster at ``address`` ('auto', 'ray://host:10001', ...) or, with none given, an already
-    initialised Ray or a fresh local one (shut down again at the end).
+    Uses an already initialised Ray as it is; otherwise joins the cluster at ``address`` ('auto',
+    'ray://head:10001', ...) or, with none, starts a local one, and shuts it down at the end.
     """
     ray = import_ray()
     if not cells:
@@ -86,9 +90,10 @@ def run_cells_ray(cells: list, address: str | None = None, quiet: bool = False) 
 
     started = not ray.is_initialized()
     if started:
+        local = {"include_dashboard": False} if address is None else {}  # a fresh local cluster: no dashboard
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
-                     logging_level=logging.ERROR if quiet else logging.WARNING)
+            ray.init(address=address, log_to_driver=not quiet,
+                     logging_level=logging.ERROR if quiet else logging.WARNING, **local)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise BadInput(f"cannot connect to the Ray cluster at {address!r}: {exc}",
                            "start one with 'ray start --head', or drop --address for a local one") from None
@@ -118,6 +123,7 @@ def run_cells_ray(cells: list, address: str | None = None, quiet: bool = False) 
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref)  # a KeyboardInterrupt inside each running cell: it saves its partial UAP
+        ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
         raise
     finally:
         if started:
