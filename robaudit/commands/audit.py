@@ -63,10 +63,11 @@ def _print_summary(doc: dict, out_dir: Path) -> None:
     t = doc["tables"]["1. UAP vs random control (every cell)"]
     table = Table(title=f"audit {doc['recipe']['name']}: {c['done']}/{c['cells']} cells ({c['cached']} cached, "
                   f"{c['failed']} failed) in {doc['seconds']:.0f} s; p-values Holm-corrected")
-    for col in ("model", "source", "norm", "zeta", "target", "rate", "control", "p (holm)"):
-        table.add_column(col)
+    for col in ("model", "init", "transfer", "source", "norm", "zeta", "target", "rate", "control", "p (holm)"):
+        table.add_column(col, overflow="fold")
     cols = t["columns"]
-    idx = {name: cols.index(name) for name in ("model", "source", "norm", "zeta", "target", "rate", "control")}
+    idx = {name: cols.index(name) for name in ("model", "init", "transfer", "source", "norm", "zeta", "target",
+                                                "rate", "control")}
     for row in t["rows"]:
         table.add_row(*(str(row[idx[k]]) if k not in ("rate", "control", "zeta") else
                         (f"{row[idx[k]]:.1%}" if row[idx[k]] is not None else "") for k in idx),
