@@ -37,6 +37,17 @@ def _robaudit_env(tmp_path_factory, data_root):
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's torch work on one thread: per-image loops on tiny inputs are dominated by thread start-up."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_model():
     """A small real timm CNN (random init, 3 classes) that owns its normalisation, in eval mode."""

@@ -19,13 +19,7 @@ from robaudit.eval.metrics import control_metrics, predict
 RES = 32  # ImageNet photos at 32 px: a real pretrained model, CPU-cheap
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Per-image loops on tiny inputs are dominated by thread start-up: run them on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
