@@ -2,13 +2,14 @@
 
 1. Speed to the same result: ART's ``UniversalPerturbation`` (attacker 'fgsm') runs ``--art-iter``
    passes (default 15 at FGSM step 0.0012, the published training-image setting: max_iter 15, step
-   0.0024 in [-1, 1] units); robaudit's batched fgsm then runs 1, 2, ... passes (each a fresh, fully
-   timed build, clean predictions and final evaluation included) until its source fooling rate
-   reaches ART's. robaudit's reference mode (ART's semantics in torch, same v) is timed too; its
+   0.0024 in [-1, 1] units); robaudit's batched fgsm (its defaults, then the constant-step schedule and
+   NCHW execution to show what each contributes) runs 1, 2, ... passes (each a fresh, fully timed
+   build, clean predictions and final evaluation included) until its source fooling rate reaches ART's.
+   robaudit's reference mode (ART's semantics in torch, same v) is timed too; its
    per-pass history is ART's trajectory, which gives the pass at which ART first had its final rate.
 2. Loop throughput: images/s of the batched fgsm and sgd loops (steady state, from the progress
    callback's timestamps) and end to end, as a fraction of the model's forward+backward
-   input-gradient throughput at the same batch size.
+   input-gradient throughput at the same batch size, in the loops' memory format (channels-last).
 
 Model: tf_efficientnet_lite0 with its offline ImageNet weights; images: the ImageNet photos of the
 data root at ``--res`` px. Usage: ``python benchmarks/bench_uap.py [--quick] [--json out.json]``.
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from robaudit.attacks.lp import mean_lp_norm
-from robaudit.attacks.uap import build_uap
+from robaudit.attacks.uap import build_uap, channels_last_model
 
 
 def lite0() -> torch.nn.Module:
@@ -133,17 +134,20 @@ def main() -> None:
           f"max |v - v_ART| = {r['reference_max_abs_diff']:.1e}", flush=True)
     # ART's time to its final rate, pro rata of passes: a lower bound, as its first passes cost the most
     art_to_rate = art_s * first / a.art_iter
-    for label, step in (("ART's FGSM step", a.step), ("robaudit's default step eps/10", None)):
+    variants = (("default: linear schedule from 2 x eps/10, channels-last", {}),
+                ("constant step eps/10 (the 0.1 default), channels-last", {"schedule": "constant"}),
+                ("default schedule, NCHW memory format", {"channels_last": False}))
+    for label, extra in variants:
         for passes in range(1, 11):
             fast = build_uap(model, x, method="fgsm", max_iter=passes, batch_size=a.batch_size,
-                             **{**kw, "step_size": step})
+                             **{**kw, "step_size": None}, **extra)
             print(f"  batched fgsm ({label}), {passes} pass(es): {fast.source_fooling_rate:.3f} "
                   f"in {fast.seconds:.2f} s", flush=True)
             if fast.source_fooling_rate >= art_rate:
                 break
         reached = bool(fast.source_fooling_rate >= art_rate)
         r.setdefault("batched", []).append(dict(
-            step=step if step is not None else eps / 10, passes=passes, rate=fast.source_fooling_rate,
+            variant=label, options=extra, passes=passes, rate=fast.source_fooling_rate,
             seconds=fast.seconds, reached=reached, speedup=art_s / fast.seconds if reached else None,
             speedup_vs_art_first_reaching=art_to_rate / fast.seconds if reached else None))
         print(f"batched fgsm ({label}) {'reaches' if reached else 'does NOT reach'} ART's rate in "
@@ -154,14 +158,16 @@ def main() -> None:
     rounds, passes = (2, 2) if a.quick else (3, 3)
     best: dict[str, float] = {}
     for _ in range(rounds):
-        meas = {"grad": grad_throughput(model, x, a.batch_size, repeats=1)}
+        meas = {"grad_nchw": grad_throughput(model, x, a.batch_size, repeats=1)}
+        with channels_last_model(model) as net:
+            meas["grad"] = grad_throughput(net, x, a.batch_size, repeats=1)
         for method in ("fgsm", "sgd"):
             meas[f"{method}_loop"], meas[f"{method}_end_to_end"] = loop_throughput(
                 model, x, method, a.batch_size, passes, **kw)
         best = {k: max(v, best.get(k, 0.0)) for k, v in meas.items()}
     r.update({f"{k}_images_per_s": v for k, v in best.items()}, throughput_rounds=rounds, throughput_passes=passes)
     print(f"model forward+backward (input gradient), batch {a.batch_size}: {best['grad']:.0f} images/s "
-          f"(best of {rounds})", flush=True)
+          f"channels-last, {best['grad_nchw']:.0f} NCHW (best of {rounds})", flush=True)
     for method in ("fgsm", "sgd"):
         steady, end = best[f"{method}_loop"], best[f"{method}_end_to_end"]
         print(f"  {method} loop: {steady:.0f} images/s = {steady / best['grad']:.2f} of the model's; end to end "

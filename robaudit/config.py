@@ -18,6 +18,10 @@ Method = Literal["fgsm", "deepfool", "sgd"]
 DEFAULT_STEP = {"natural": 0.00025, "train": 0.0012}
 
 
+#: bumped when the engine's numbers for an unchanged spec change, so cached cells are not reused
+#: (2: batched fgsm's linear step schedule and channels-last execution)
+ENGINE_REVISION = 2
+
 class UAPSpec(BaseModel):
     """Everything that determines one UAP run's numbers (hashed for caching and resume)."""
 
@@ -73,7 +77,7 @@ class UAPSpec(BaseModel):
     def cache_key(self) -> str:
         """Hash of every field that alters the numbers (device and worker count excluded)."""
         payload = self.model_dump_json(exclude={"device", "workers"} | (set() if self.amp else {"amp"}))
-        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+        return hashlib.sha256(f"{ENGINE_REVISION}:{payload}".encode()).hexdigest()[:20]
 
     def default_max_iter(self) -> int:
         """Published passes: one over a natural source, 15 over training images (batched: a few more)."""

@@ -11,13 +11,18 @@
     ``max_iter`` passes or once it reaches 1 - delta.
 
 ``batched_chunk`` takes every not-yet-fooled image's FGSM step of a mini-batch at once, at the same
-v: v <- project(v + step * sum_i sign(g_i) / sqrt(n)), g_i the gradient of image i's loss (ascending
+v: v <- project(v + step_k * sum_i sign(g_i) / sqrt(n)), g_i the gradient of image i's loss (ascending
 the cross-entropy of its clean prediction, or descending that of the target), n the number of those
 images. Pixels where the n steps agree move sqrt(n) steps, others about one, as n sequential steps
-in random-walk fashion would. While few images are fooled, one forward and one backward per
-mini-batch (the fooled images' loss masked); once more than a third of the previous mini-batch was
-fooled, a gradient-free forward first picks the unfooled images and only they are back-propagated
-(the same update, cheaper: like ART, a fooled image then costs one forward).
+in random-walk fashion would. ``schedule="linear"`` (default) decays step_k linearly from
+``step_size`` to 0 over the chunk's max_iter x ceil(N / batch) updates, starting from twice the
+constant default (so the total movement is the same): coarse steps find the universal direction,
+fine ones settle the last images instead of knocking fooled ones back (on 512 ImageNet photos,
+lite0, L-inf 4 %: 0.975 after 4 passes against a 0.91-0.93 plateau for ``"constant"``; one pass
+0.857 vs 0.791; benchmarks/README.md). While few images are fooled, one forward and one backward
+per mini-batch (the fooled images' loss masked); once more than a third of the previous mini-batch
+was fooled, a gradient-free forward first picks the unfooled images and only they are
+back-propagated (the same update, cheaper: like ART, a fooled image then costs one forward).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch import Tensor
 
 from robaudit.attacks.lp import perturb
 from robaudit.attacks.uap import UAPRun, default_step
+from robaudit.errors import BadInput
 
 
 def _fgsm(run: UAPRun, x: Tensor, label: Tensor, step: float) -> Tensor:
@@ -77,11 +83,21 @@ def _signs(run: UAPRun, xa: Tensor, lb: Tensor) -> tuple[Tensor, Tensor]:
     return grad.sign().sum(0, keepdim=True), fooled
 
 
-def batched_chunk(run: UAPRun, x: Tensor, y: Tensor) -> None:
-    """Mini-batch FGSM: v <- project(v +/- step * (sum of the unfooled images' gradient signs) / sqrt(n))."""
-    step, fooled_share = default_step(run, x), 0.0
+SCHEDULES = ("linear", "constant")
+
+
+def batched_chunk(run: UAPRun, x: Tensor, y: Tensor, schedule: str = "linear") -> None:
+    """Mini-batch FGSM: v <- project(v +/- step_k * (sum of the unfooled images' gradient signs) / sqrt(n))."""
+    if schedule not in SCHEDULES:
+        raise BadInput(f"fgsm: unknown schedule {schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
+    linear = schedule == "linear"
+    step0 = run.step_size if run.step_size is not None else default_step(run, x) * (2 if linear else 1)
+    n = len(x) if run.dist is None else run.dist.layout(len(x))[0]  # the global chunk
+    updates, k, fooled_share = run.max_iter * -(-n // run.batch_size), 0, 0.0
     for _ in run.passes():
         for xb, lb in run.batches(x, y):
+            step = step0 * (1 - k / updates) if linear else step0
+            k += 1
             xa = perturb(xb, run.v, run.clip)
             if fooled_share > 1 / 3:  # cheaper to find the unfooled without a graph first
                 with torch.no_grad():

@@ -64,12 +64,15 @@ def ensure_models(recipe: AuditRecipe, train_missing: bool, quiet: bool = False)
     if not train_missing:
         raise BadInput(f"recipe {recipe.name!r} needs untrained model(s): {', '.join(missing)}",
                        "add --train-missing, or run 'robaudit train NAME' for each")
+    from robaudit.models.zoo import parse_zoo_name
+
     for n in missing:
         check_trainable(n)
     t = recipe.train
-    cfg = TrainConfig(epochs=t.epochs, image_size=t.image_size, batch_size=t.batch_size, train_limit=t.train_limit,
-                      lr=t.lr, seed=t.seed)
     for n in missing:
+        scratch = parse_zoo_name(n).transfer == "scratch" and t.scratch_epochs
+        cfg = TrainConfig(epochs=t.scratch_epochs if scratch else t.epochs, image_size=t.image_size,
+                          batch_size=t.batch_size, train_limit=t.train_limit, lr=t.lr, seed=t.seed)
         train_model(n, cfg, device=recipe.device, quiet=quiet)
 
 

@@ -40,6 +40,8 @@ class TrainSettings(_Strict):
     """How ``--train-missing`` trains zoo models the recipe needs (see ``robaudit train``)."""
 
     epochs: int = Field(3, ge=1)
+    scratch_epochs: int | None = Field(None, ge=1, description="epochs for random-init ('scratch') models, "
+                                       "which start far from a solution; default: epochs")
     image_size: int = Field(64, ge=16)
     batch_size: int = Field(64, ge=1)
     train_limit: int | None = Field(None, ge=1)

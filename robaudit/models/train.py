@@ -135,6 +135,10 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
     net = bb.net
     _set_trainable(net, recipe.transfer, recipe.top_k)
     model = Normalized(net, bb.mean, bb.std).to(dev)
+    # NHWC convolutions train 1.5-2x faster in oneDNN/cuDNN; the weights are saved in NCHW
+    nhwc = any(p.dim() == 4 for p in net.parameters())
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
 
     idx = task.select("train", cfg.train_limit, cfg.seed)
     x_tr, y_tr = task.tensors("train", size=cfg.image_size, indices=idx)
@@ -186,6 +190,8 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
             for s in range(steps_per_epoch):
                 b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
                 xb = _augment(x_tr[b], cfg, gen).to(dev)
+                if nhwc:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
                 yb = y_tr[b].to(dev)
                 out = model(xb)
                 loss = torch.nn.functional.cross_entropy(out, yb)
@@ -222,6 +228,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
                                                      "history": history}, default=float))
 
     net.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format)
     model.eval()
     x_te, y_te = task.tensors("test", size=cfg.image_size)
     test_acc, _ = evaluate_accuracy(model, x_te, y_te)
@@ -237,6 +244,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
                  "test_majority_rate": majority, "best_epoch": best["epoch"] + 1,
                  "seconds": time.time() - t0},
         train=cfg.model_dump() | {"lr": lr, "device": str(dev), "n_train": len(x_tr),
+                                  "memory_format": "channels_last" if nhwc else "contiguous",
                                   "trainable_params": sum(p.numel() for p in params), "history": history},
         data_sha256={s: task.sha256(s) for s in task.splits}, versions=versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
