@@ -42,6 +42,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     data_root: Annotated[Optional[Path], typer.Option(
         "--data-root", envvar="ROBAUDIT_DATA", help="Data root: MedMNIST .npz files (+ cards) and imagenet/.",
         show_envvar=True)] = None,
@@ -50,7 +51,9 @@ def _root(
 ) -> None:
     from robaudit.settings import set_data_root
 
-    set_data_root(data_root)
+    # only an explicit --data-root overrides; from the environment it stays "ROBAUDIT_DATA" in messages
+    from_env = getattr(ctx.get_parameter_source("data_root"), "name", None) == "ENVIRONMENT"
+    set_data_root(None if from_env else data_root)
 
 
 app.add_typer(data_cmd.app, name="data")

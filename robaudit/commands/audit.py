@@ -61,15 +61,31 @@ def _print_summary(doc: dict, out_dir: Path) -> None:
 
     c = doc["counts"]
     t = doc["tables"]["1. UAP vs random control (every cell)"]
-    table = Table(title=f"audit {doc['recipe']['name']}: {c['done']}/{c['cells']} cells ({c['cached']} cached, "
-                  f"{c['failed']} failed) in {doc['seconds']:.0f} s; p-values Holm-corrected")
-    for col in ("model", "init", "transfer", "source", "norm", "zeta", "target", "rate", "control", "p (holm)"):
-        table.add_column(col, overflow="fold")
     cols = t["columns"]
-    idx = {name: cols.index(name) for name in ("model", "init", "transfer", "source", "norm", "zeta", "target",
-                                                "rate", "control")}
-    for row in t["rows"]:
-        table.add_row(*(str(row[idx[k]]) if k not in ("rate", "control", "zeta") else
-                        (f"{row[idx[k]]:.1%}" if row[idx[k]] is not None else "") for k in idx),
-                      f"{row[-1]:.2g}" if row[-1] is not None else "")
+    keys = ("model", "init", "transfer", "source", "norm", "zeta", "target", "rate", "control")
+    idx = {name: cols.index(name) for name in keys}
+
+    def cell(row, k):
+        value = row[idx[k]]
+        if k in ("rate", "control", "zeta"):
+            return f"{value:.1%}" if value is not None else ""
+        return "-" if value is None else str(value)
+
+    rows = t["rows"]
+    # columns equal in every row go to the caption; the model column only when init+transfer don't name it
+    constant = [k for k in keys[:7] if len({cell(r, k) for r in rows}) == 1 and len(rows) > 1]
+    shown = [k for k in keys if k not in constant]
+    if "model" in shown and len({cell(r, "model") for r in rows}) == len({(cell(r, "init"), cell(r, "transfer"))
+                                                                           for r in rows}):
+        shown.remove("model")
+        constant.insert(0, "model")
+    table = Table(title=f"audit {doc['recipe']['name']}: {c['done']}/{c['cells']} cells ({c['cached']} cached, "
+                  f"{c['failed']} failed) in {doc['seconds']:.0f} s; p-values Holm-corrected",
+                  caption="; ".join(f"{k}: {cell(rows[0], k)}" if k != "model" else
+                                    "model: " + ", ".join(sorted({cell(r, k) for r in rows})) for k in constant)
+                  if rows else None)
+    for col in [*shown, "p (holm)"]:
+        table.add_column(col, overflow="fold", justify="right" if col in ("rate", "control", "p (holm)") else "left")
+    for row in rows:
+        table.add_row(*(cell(row, k) for k in shown), f"{row[-1]:.2g}" if row[-1] is not None else "")
     err.print(table)
