@@ -99,7 +99,7 @@ def art_uap(model, x, res, norm, eps, step, passes, clip=True):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="64 images, 3 ART passes (about a minute)")
-    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--res", type=int, default=64)
     ap.add_argument("--norm", choices=["linf", "l2"], default="linf")
     ap.add_argument("--zeta", type=float, default=0.04, help="eps = zeta * mean Lp norm of the images")

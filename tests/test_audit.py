@@ -173,3 +173,23 @@ def test_missing_models_need_train_missing(tmp_path, capsys):
     p.write_text('name = "r"\nmodels = ["retina-referable_resnet10t"]\ntransfers = []\n')
     assert main(["audit", "--recipe", str(p), "--out", str(tmp_path / "o")]) == 2
     assert "--train-missing" in capsys.readouterr().err
+
+
+def test_train_missing_gives_scratch_models_their_own_epochs(tmp_path, monkeypatch):
+    """[train] scratch_epochs applies to random-init twins only; other models get epochs."""
+    import robaudit.models.store as store
+    import robaudit.models.train as train
+    from robaudit.eval.audit import ensure_models
+
+    seen = {}
+    monkeypatch.setenv("ROBAUDIT_HOME", str(tmp_path))
+    monkeypatch.setattr(store, "is_trained", lambda name: False)
+    monkeypatch.setattr(train, "train_model", lambda name, cfg, **kw: seen.__setitem__(name, cfg.epochs))
+    recipe = AuditRecipe(name="r", tasks=["pneumonia"], archs=["resnet10t"], transfers=["full", "scratch", "linear"],
+                         train={"epochs": 2, "scratch_epochs": 5})
+    ensure_models(recipe, train_missing=True, quiet=True)
+    assert seen == {"pneumonia_resnet10t": 2, "pneumonia_resnet10t_random": 5, "pneumonia_resnet10t_linear": 2}
+    seen.clear()
+    ensure_models(recipe.model_copy(update={"train": recipe.train.model_copy(update={"scratch_epochs": None})}),
+                  train_missing=True, quiet=True)
+    assert seen["pneumonia_resnet10t_random"] == 2

@@ -248,3 +248,46 @@ def test_bad_inputs_are_one_line_errors(model, photos):
         build_uap(model, (photos * 255).to(torch.uint8), eps=0.1, max_iter=1)
     with pytest.raises(BadInput):
         build_uap(model, photos, method="sgd", eps=0.1, max_iter=1, optimiser="adam")
+
+
+class _Fixed(torch.nn.Module):
+    """Two-class linear model whose class 0 wins by a margin no eps here can close: every image stays
+    unfooled and its cross-entropy gradient sign is one fixed pattern, so v follows the schedule exactly."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(-1, 1, d))
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.w
+        return torch.stack([z + 20, -z], 1)  # softmax keeps a tiny, nonzero gradient
+
+
+@pytest.mark.parametrize("schedule,factor", [("linear", 1 + 0.75 + 0.5 + 0.25), ("constant", 4.0)])
+def test_batched_fgsm_step_schedule(schedule, factor):
+    """One mini-batch per pass, 4 passes: linear decays step_k = step0 (1 - k/4); constant keeps step0.
+    Each update moves v by step_k * sqrt(n) along the common sign (n = 9 agreeing images)."""
+    d, n, step0 = 3 * 4 * 4, 9, 1e-4
+    model = _Fixed(d).eval()
+    x = torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = build_uap(model, x, method="fgsm", norm="linf", eps=0.5, step_size=step0, max_iter=4, batch_size=n,
+                    schedule=schedule)
+    sign = -model.w.detach().sign().view(1, 3, 4, 4)  # ascending class 0's loss lowers w.x
+    torch.testing.assert_close(out.v, sign * step0 * 3 * factor, rtol=1e-5, atol=1e-9)
+    # the default first step: 2 x eps/10 for the linear schedule (same total movement as constant eps/10)
+    default = build_uap(model, x, method="fgsm", norm="linf", eps=0.5, max_iter=1, batch_size=n, schedule=schedule)
+    torch.testing.assert_close(default.v, sign * 0.05 * (2 if schedule == "linear" else 1) * 3, rtol=1e-5, atol=1e-9)
+    with pytest.raises(BadInput):
+        build_uap(model, x, method="fgsm", norm="linf", eps=0.5, max_iter=1, schedule="cosine")
+    with pytest.raises(BadInput):
+        build_uap(model, x, method="fgsm", mode="reference", norm="linf", eps=0.5, max_iter=1, schedule="linear")
+
+
+def test_channels_last_is_restored_and_agrees(model, photos):
+    """The batched loop runs NHWC and leaves the model NCHW; v matches an NCHW run up to rounding."""
+    kw = dict(method="fgsm", norm="linf", eps=0.02, max_iter=2, batch_size=8, seed=1)
+    nhwc = build_uap(model, photos[:16], **kw)
+    assert all(p.is_contiguous() for p in model.parameters())
+    nchw = build_uap(model, photos[:16], channels_last=False, **kw)
+    assert float((nhwc.v != nchw.v).float().mean()) < 0.05  # only near-zero gradient signs may differ
+    assert abs(nhwc.source_fooling_rate - nchw.source_fooling_rate) <= 2 / 16
