@@ -88,7 +88,7 @@ def demo_recipe(choice: DataChoice, small: bool = False):
 def run_demo(out: Path = Path("reports/demo"), small: bool = False, device: str | None = None,
              quiet: bool = False, allow_download: bool = True) -> tuple[dict, DataChoice, dict]:
     """Run the demo audit into ``out``; returns (audit document, data choice, report paths)."""
-    from robaudit.eval.audit import run_audit, write_audit_doc
+    from robaudit.eval.audit import run_audit
     from robaudit.report import load_input, write_reports
 
     choice = choose_data(allow_download)
@@ -99,8 +99,7 @@ def run_demo(out: Path = Path("reports/demo"), small: bool = False, device: str 
         recipe = recipe.model_copy(update={"device": device})
     if (out / "cells").exists():
         shutil.rmtree(out / "cells")  # cells are recomputed; trained models are reused from the store
-    doc = run_audit(recipe, out, resume=False, train_missing=True, quiet=quiet)
-    doc["notes"] = [f"medical data: {choice.task} ({choice.why})", f"natural source: {choice.source_why}"]
-    write_audit_doc(doc, out)
+    notes = [f"medical data: {choice.task} ({choice.why})", f"natural source: {choice.source_why}"]
+    doc = run_audit(recipe, out, resume=False, train_missing=True, quiet=quiet, notes=notes)
     paths = write_reports(load_input(out / "audit.json"), out, formats=("html", "md"))
     return doc, choice, paths

@@ -29,7 +29,9 @@ def uap(
     = "batched",
     target: Annotated[Optional[str], typer.Option(help="Targeted UAP: class index or name.")] = None,
     max_iter: Annotated[Optional[int], typer.Option(help="Passes over the source.")] = None,
-    step_size: Annotated[Optional[float], typer.Option(help="Step size in [0,1] pixel units.")] = None,
+    step_size: Annotated[Optional[float], typer.Option(
+        help="Step size in [0,1] pixel units (batched fgsm: the first step of the linear schedule; "
+             "default twice eps/10 for linf, eps/sqrt(d)/10 for l2).")] = None,
     source_limit: Annotated[Optional[int], typer.Option(help="Use N source images (seeded subset).")] = None,
     eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on N images of the split (seeded).")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",

@@ -89,8 +89,10 @@ def _classes_of(model_or_ckpt) -> list[str]:
 
 def run_audit(recipe: AuditRecipe, out_dir: Path, *, recipe_text: str = "", resume: bool = False,
               train_missing: bool = False, quiet: bool = False, executor: str = "local",
-              address: str | None = None) -> dict:
-    """Run (or resume) every cell of ``recipe`` into ``out_dir`` and return the audit document."""
+              address: str | None = None, notes: list[str] | None = None) -> dict:
+    """Run (or resume) every cell of ``recipe`` into ``out_dir`` and return the audit document.
+
+    ``notes``: lines for the document's ``notes`` (e.g. which data was used and why)."""
     from robaudit.console import progress, warn
     from robaudit.models.store import atomic_write_text
 
@@ -120,6 +122,8 @@ def run_audit(recipe: AuditRecipe, out_dir: Path, *, recipe_text: str = "", resu
                     warn(f"cell {cell.key} failed: {cell.error}")
                 prog.advance(bar)
     doc = build_audit_doc(recipe, cells, out_dir, seconds=time.time() - t_start)
+    if notes:
+        doc["notes"] = list(notes)
     write_audit_doc(doc, out_dir)
     return doc
 
