@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 
-#: progress, tables and hints go to stderr so stdout stays clean for --json
-err = Console(stderr=True, highlight=False)
+#: progress, tables and hints go to stderr so stdout stays clean for --json; logs (not a terminal, no
+#: COLUMNS) get 120 columns instead of rich's 80, so model names and timings are not folded
+err = Console(stderr=True, highlight=False,
+              width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 120)
 #: data goes to stdout
 out = Console(highlight=False)
 
