@@ -43,6 +43,14 @@ def data_root(required: bool = True) -> Path | None:
     return root
 
 
+def configured_data_root() -> Path | None:
+    """The data root set by --data-root or $ROBAUDIT_DATA, whether or not it exists yet (None if unset)."""
+    if _DATA_ROOT_OVERRIDE is not None:
+        return _DATA_ROOT_OVERRIDE
+    env = os.environ.get("ROBAUDIT_DATA")
+    return Path(env).expanduser() if env else None
+
+
 def data_root_origin() -> str | None:
     """Where the data root comes from: '--data-root', 'ROBAUDIT_DATA', or None (MedMNIST's cache)."""
     if _DATA_ROOT_OVERRIDE is not None:

@@ -150,3 +150,46 @@ def test_source_errors(tmp_path):
     assert x.shape[0] == 1 and src.skipped == 1
     with pytest.raises(BadInput, match="cannot decode"):
         list(load_source(tmp_path).chunks(16, strict=True))
+
+
+def test_fetch_downloads_through_medmnist_from_a_local_server(data_root, tmp_path, monkeypatch):
+    """`robaudit data fetch` runs MedMNIST's real download (torchvision's download_url, MD5 check) against a
+    local HTTP server holding the data root's dermamnist.npz; a wrong checksum fails in one line, exit 3."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from medmnist import INFO
+
+    from robaudit.cli import main
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    payload = (data_root / "dermamnist.npz").read_bytes()
+    served = tmp_path / "zenodo"
+    served.mkdir()
+    (served / "dermamnist.npz").write_bytes(payload)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):  # the client closing a probe early is fine
+            pass
+
+    server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    try:
+        monkeypatch.setitem(INFO["dermamnist"], "url", f"http://127.0.0.1:{server.server_port}/dermamnist.npz")
+        monkeypatch.setitem(INFO["dermamnist"], "MD5", hashlib.md5(payload).hexdigest())
+        root = tmp_path / "root"
+        assert main(["--data-root", str(root), "data", "fetch", "skin"]) == 0  # task alias -> dermamnist
+        assert (root / "dermamnist.npz").read_bytes() == payload
+        monkeypatch.setenv("ROBAUDIT_DATA", str(root))
+        assert load_task("skin").num_classes == 7 and len(load_task("skin").labels("test")) > 0
+
+        (root / "dermamnist.npz").unlink()
+        monkeypatch.setitem(INFO["dermamnist"], "MD5", "0" * 32)  # a corrupted or tampered download
+        assert main(["--data-root", str(root), "data", "fetch", "dermamnist"]) == 3
+    finally:
+        server.shutdown()

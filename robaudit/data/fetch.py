@@ -22,7 +22,7 @@ def fetch_medmnist(name: str, size: int = 28, root: Path | None = None) -> Path:
     if size not in (28, 64, 128, 224):
         raise BadInput(f"MedMNIST has no {size} px release", "choose --size 28, 64, 128 or 224")
     if root is None:
-        root = settings.data_root(required=False) or Path("~/.medmnist").expanduser()
+        root = settings.configured_data_root() or Path("~/.medmnist").expanduser()
     root.mkdir(parents=True, exist_ok=True)
     cls = getattr(medmnist, INFO[flag]["python_class"])
     try:
