@@ -131,3 +131,35 @@ def test_checkpoint_with_card_loads(tmp_path):
     lm = load_model(checkpoint=path, device="cpu")
     assert lm.card.name == "mine" and lm.card.weights_sha256 and np.isfinite(
         lm.module(torch.rand(1, 3, 32, 32)).detach().numpy()).all()
+
+
+def test_hub_download_path_reads_a_warm_cache_and_weights_file(tmp_path, monkeypatch):
+    """ImageNet weights through timm's real hub path (huggingface_hub, offline, cache laid out as a download
+    leaves it) and through --weights-file; every backbone tensor must be the stored one."""
+    import timm
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("resnet10t", pretrained=False)  # stands in for the published checkpoint
+    torch.nn.init.normal_(ref.conv1[0].weight)
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    repo = tmp_path / "hf" / "hub" / "models--timm--resnet10t.c3_in1k"
+    commit = "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+
+    for bb, origin in ((create_backbone("resnet10t", 3, pretrained=True), "hub:timm/resnet10t.c3_in1k"),
+                       (create_backbone("resnet10t", 3, pretrained=True,
+                                        weights_file=repo / "snapshots" / commit / "model.safetensors"), "file:")):
+        assert bb.weights.startswith(origin)
+        got = bb.net.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in state.items() if not k.startswith("fc."))
+        assert got["fc.weight"].shape == (3, 512)  # a fresh head for the task
