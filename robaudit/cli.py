@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[bold red]error:[/] {escape(message)}" + (f" [dim]({escape(hint)})[/]" if hint else ""),
                   soft_wrap=True, highlight=False)
 
+    from robaudit import settings
+
+    saved_root = settings.configured_override()  # --data-root lasts one invocation, also when called in-process
     try:
         rv = app(args=argv, prog_name="robaudit", standalone_mode=False)
     except Interrupted as exc:
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         cause = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
         err.print(f"[yellow]{escape(str(cause or '') or 'interrupted')}[/]")
         return 130
+    finally:
+        settings.set_data_root(saved_root)
     return rv if isinstance(rv, int) else 0
 
 

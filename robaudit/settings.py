@@ -16,6 +16,11 @@ def set_data_root(path: str | Path | None) -> None:
     _DATA_ROOT_OVERRIDE = Path(path).expanduser() if path else None
 
 
+def configured_override() -> Path | None:
+    """The process-wide --data-root override (None when unset)."""
+    return _DATA_ROOT_OVERRIDE
+
+
 def data_root(required: bool = True) -> Path | None:
     """The data root: --data-root, else $ROBAUDIT_DATA, else MedMNIST's cache (~/.medmnist)."""
     if _DATA_ROOT_OVERRIDE is not None:

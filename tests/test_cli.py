@@ -84,3 +84,11 @@ def test_data_fetch_offline_is_clear(capsys, tmp_path, monkeypatch):
     assert code == 3 and "offline" in err and "Traceback" not in err
     code, _, err = run_cli(["--data-root", str(tmp_path), "data", "fetch", "bloodmnst"], capsys)
     assert code == 2 and "did you mean 'bloodmnist'" in err
+
+
+def test_data_root_override_lasts_one_invocation_and_missing_task_files_are_named(tmp_path, capsys):
+    from robaudit import settings
+
+    code, _, err = run_cli(["--data-root", str(tmp_path), "uap", "--model", "skin_resnet18"], capsys)
+    assert code == 2 and settings.configured_override() is None  # not leaked into the next call
+    assert "'skin' (dermamnist.npz) is not in the data root" in err and "did you mean" not in err

@@ -323,9 +323,11 @@ def load_task(name_or_path: str | Path, view: str | None = None, size: int | Non
     if folder.is_dir() and base != "imagenet":
         return _folder_task(folder, view=view)
     flag = TASK_FLAGS.get(base, base)
-    hint = (f"put {flag}.npz in {root} or run 'robaudit data fetch {flag}'" if flag in MEDMNIST or base in TASK_FLAGS
-            else f"data root is {root}")
-    raise unknown_name("task", base, list(cands) + list(TASK_FLAGS), hint)
+    if flag in MEDMNIST or base in TASK_FLAGS:  # a known task whose file is not here: no "did you mean"
+        raise BadInput(f"task {base!r} ({flag}.npz) is not in the data root {root}",
+                       f"put {flag}.npz there, point ROBAUDIT_DATA / --data-root at the folder holding it, "
+                       f"or run 'robaudit data fetch {flag}'")
+    raise unknown_name("task", base, list(cands) + list(TASK_FLAGS), f"data root is {root}")
 
 
 def list_tasks(data_root: Path | None = None) -> list[TaskData]:
