@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from robaudit.attacks.lp import mean_lp_norm
-from robaudit.attacks.uap import build_uap, channels_last_model
+from robaudit.attacks.uap import build_uap
+from robaudit.models.normalize import channels_last_model
 
 
 def lite0() -> torch.nn.Module:

@@ -17,10 +17,10 @@ Method = Literal["fgsm", "deepfool", "sgd"]
 #: the batched modes choose their own step unless --step-size is given.
 DEFAULT_STEP = {"natural": 0.00025, "train": 0.0012}
 
-
 #: bumped when the engine's numbers for an unchanged spec change, so cached cells are not reused
 #: (2: batched fgsm's linear step schedule and channels-last execution)
 ENGINE_REVISION = 2
+
 
 class UAPSpec(BaseModel):
     """Everything that determines one UAP run's numbers (hashed for caching and resume)."""

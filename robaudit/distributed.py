@@ -268,15 +268,13 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 
 
 class Autocast(nn.Module):
-    """``model`` under autocast (and channels-last inputs on CUDA); returns float32 logits."""
+    """``model`` under autocast; returns float32 logits."""
 
-    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype, channels_last: bool):
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
         super().__init__()
-        self.model, self.device_type, self.dtype, self.channels_last = model, device_type, dtype, channels_last
+        self.model, self.device_type, self.dtype = model, device_type, dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device_type, dtype=self.dtype):
             return self.model(x).float()
 
@@ -288,16 +286,12 @@ def fast_model(model: nn.Module, device, amp: bool = False):
     if not amp:
         yield model
         return
+    from robaudit.models.normalize import channels_last_model
+
     device = torch.device(device)
     dtype = amp_dtype(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    try:
-        yield Autocast(model, device.type, dtype, channels_last).eval()
-    finally:
-        if channels_last:
-            model.to(memory_format=torch.contiguous_format)
+    with channels_last_model(model, enabled=device.type == "cuda") as net:
+        yield Autocast(net, device.type, dtype).eval()
 
 
 def grad_throughput(model: nn.Module, shape: tuple[int, int, int], batch_size: int, device, steps: int = 10,

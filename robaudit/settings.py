@@ -21,33 +21,6 @@ def configured_override() -> Path | None:
     return _DATA_ROOT_OVERRIDE
 
 
-def data_root(required: bool = True) -> Path | None:
-    """The data root: --data-root, else $ROBAUDIT_DATA, else MedMNIST's cache (~/.medmnist)."""
-    if _DATA_ROOT_OVERRIDE is not None:
-        root = _DATA_ROOT_OVERRIDE
-        origin = "--data-root"
-    elif os.environ.get("ROBAUDIT_DATA"):
-        root = Path(os.environ["ROBAUDIT_DATA"]).expanduser()
-        origin = "ROBAUDIT_DATA"
-    else:
-        root = Path("~/.medmnist").expanduser()
-        origin = None
-        if not root.is_dir():
-            if required:
-                raise BadInput(
-                    "no data root is set",
-                    "set ROBAUDIT_DATA or pass --data-root DIR (a folder of MedMNIST .npz files), "
-                    "or run 'robaudit data fetch NAME' when online",
-                )
-            return None
-    if not root.is_dir():
-        if required:
-            raise BadInput(f"data root {str(root)!r} (from {origin}) is not a folder",
-                           "point ROBAUDIT_DATA or --data-root at an existing folder")
-        return None
-    return root
-
-
 def configured_data_root() -> Path | None:
     """The data root set by --data-root or $ROBAUDIT_DATA, whether or not it exists yet (None if unset)."""
     if _DATA_ROOT_OVERRIDE is not None:
@@ -61,6 +34,27 @@ def data_root_origin() -> str | None:
     if _DATA_ROOT_OVERRIDE is not None:
         return "--data-root"
     return "ROBAUDIT_DATA" if os.environ.get("ROBAUDIT_DATA") else None
+
+
+def data_root(required: bool = True) -> Path | None:
+    """The data root: --data-root, else $ROBAUDIT_DATA, else MedMNIST's cache (~/.medmnist)."""
+    root = configured_data_root()
+    if root is None:
+        root = Path("~/.medmnist").expanduser()
+        if not root.is_dir():
+            if required:
+                raise BadInput(
+                    "no data root is set",
+                    "set ROBAUDIT_DATA or pass --data-root DIR (a folder of MedMNIST .npz files), "
+                    "or run 'robaudit data fetch NAME' when online",
+                )
+            return None
+    if not root.is_dir():
+        if required:
+            raise BadInput(f"data root {str(root)!r} (from {data_root_origin()}) is not a folder",
+                           "point ROBAUDIT_DATA or --data-root at an existing folder")
+        return None
+    return root
 
 
 def home() -> Path:

@@ -40,6 +40,7 @@ from robaudit.attacks.backends import (
 )
 from robaudit.attacks.lp import lp_norm, project
 from robaudit.errors import BadInput, RuntimeFailure
+from robaudit.eval.metrics import model_device, predict
 from robaudit.eval.stats import rate
 from robaudit.results import (
     AttackInfo,
@@ -133,9 +134,9 @@ def run_attack(model: nn.Module, x: Tensor, y: Tensor, *, attack: str, eps: Sequ
 
     with attack_mode(model):
         bk = create_backend(backend, model)
-        dev = _device(model)
+        dev = model_device(model)
         t0 = time.time()
-        clean = _predict(bk.model, x, dev, batch_size)
+        clean = predict(bk.model, x, batch_size=batch_size, device=dev)
         num_classes = _num_classes(bk.model, x, dev)
         if class_names and len(class_names) != num_classes:
             raise BadInput(f"the model has {num_classes} outputs but {len(class_names)} class names were given")
@@ -329,17 +330,6 @@ def _seed(seed: int) -> None:
     random.seed(seed)
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _predict(net: LogitsModel, x: Tensor, dev, batch_size: int) -> Tensor:
-    with torch.inference_mode():
-        return torch.cat([net(x[i:i + batch_size].to(dev, torch.float32)).argmax(1).cpu()
-                          for i in range(0, len(x), batch_size)])
-
-
 def _num_classes(net: LogitsModel, x: Tensor, dev) -> int:
     with torch.inference_mode():
         return int(net(x[:1].to(dev, torch.float32)).shape[1])
@@ -352,8 +342,6 @@ def _model_info(model: nn.Module, names: list[str]) -> ModelInfo:
 
 
 def _environment(dev, bk: Backend) -> dict:
-    import platform
+    from robaudit.eval.runner import environment
 
-    return {"robaudit": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "device": str(dev), "torch_threads": torch.get_num_threads(),
-            "backend": bk.name, "backend_version": bk.version()}
+    return environment(dev) | {"backend": bk.name, "backend_version": bk.version()}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from robaudit.attacks.lp import check_norm, project
 from robaudit.errors import BadInput
 from robaudit.eval.metrics import model_device, predict
+from robaudit.models.normalize import channels_last_model
 
 Source = Tensor | Iterable[Tensor]
 METHODS = ("fgsm", "deepfool", "sgd")
@@ -277,34 +277,6 @@ def build_uap(model: nn.Module, source: Source, *, method: str = "fgsm", norm: s
     with channels_last_model(model, channels_last) as net:
         run.model = net
         return drive(run, source, chunk_fn, init=init)
-
-
-class _ChannelsLastInput(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
-
-
-@contextmanager
-def channels_last_model(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
-    """``model`` with channels-last weights and inputs for the duration (restored afterwards).
-
-    oneDNN and cuDNN convolutions run faster in NHWC: forward + backward to the input at batch 32,
-    64 px, 2 CPU cores: tf_efficientnet_lite0 1.5-2.4x, resnet18/50 1.0-1.2x (benchmarks/README.md).
-    The numbers differ from NCHW's only in float rounding; reference mode stays NCHW to match ART.
-    """
-    convs = [p for p in model.parameters() if p.dim() == 4]
-    if not enabled or not convs or all(p.is_contiguous(memory_format=torch.channels_last) for p in convs):
-        yield model
-        return
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield _ChannelsLastInput(model).eval()
-    finally:
-        model.to(memory_format=torch.contiguous_format)
 
 
 def default_step(run: UAPRun, x: Tensor) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robaudit.data.images import DecodeError, read_image
+from robaudit.data.images import DecodeError, dicom_frames, read_image
 
 CLASSES = ["CT", "MR", "ultrasound", "photograph (fundus / microscopy)"]
 NAME = "modality"
@@ -24,26 +24,6 @@ NAME = "modality"
 def _pkg_dir(pkg: str) -> Path | None:
     spec = importlib.util.find_spec(pkg)
     return Path(list(spec.submodule_search_locations)[0]) if spec and spec.submodule_search_locations else None
-
-
-def _dicom_frames(path: Path) -> list[np.ndarray]:
-    """Every frame of a DICOM file as uint8 RGB (modality LUT + windowing applied)."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    ds = pydicom.dcmread(str(path))
-    arr = ds.pixel_array
-    frames = arr if (arr.ndim == 3 and arr.shape[-1] != 3) or arr.ndim == 4 else arr[None]
-    out = []
-    for f in frames:
-        if f.ndim == 3:  # colour
-            img = f.astype(np.float64)
-        else:
-            img = apply_voi_lut(apply_modality_lut(f, ds), ds).astype(np.float64)
-        lo, hi = img.min(), img.max()
-        img = ((img - lo) / (hi - lo) * 255).round().astype(np.uint8) if hi > lo else np.zeros(img.shape, np.uint8)
-        out.append(np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img)
-    return out
 
 
 def source_images() -> dict[int, list[tuple[str, np.ndarray]]]:
@@ -58,7 +38,7 @@ def source_images() -> dict[int, list[tuple[str, np.ndarray]]]:
                 f = get_testdata_file(n)
                 if f:
                     try:
-                        found[cls] += [(f"pydicom:{n}[{i}]", fr) for i, fr in enumerate(_dicom_frames(Path(f)))]
+                        found[cls] += [(f"pydicom:{n}[{i}]", fr) for i, fr in enumerate(dicom_frames(Path(f)))]
                     except Exception:  # a decoder plugin may be missing for some transfer syntaxes
                         continue
     except ImportError:

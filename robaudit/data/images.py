@@ -34,7 +34,14 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_dicom(path: Path) -> np.ndarray:
-    """Decode a DICOM image with the modality LUT and the VOI LUT / window applied, scaled to uint8 RGB."""
+    """Decode a DICOM image (the middle frame of a multi-frame file) as :func:`dicom_frames` does."""
+    frames = dicom_frames(path)
+    return frames[len(frames) // 2]
+
+
+def dicom_frames(path: Path) -> list[np.ndarray]:
+    """Every frame of a DICOM file as uint8 RGB (H, W, 3): grey frames through the modality LUT and the
+    VOI LUT / window (MONOCHROME1 inverted), colour frames as stored; each frame min-max scaled."""
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -43,16 +50,23 @@ def read_dicom(path: Path) -> np.ndarray:
     try:
         ds = pydicom.dcmread(str(path))
         arr = ds.pixel_array
-        if getattr(ds, "PhotometricInterpretation", "").startswith("RGB") or arr.ndim == 3 and arr.shape[-1] == 3:
-            img = arr.astype(np.float64)
-        else:
-            if arr.ndim == 3:  # multi-frame: take the middle frame
-                arr = arr[arr.shape[0] // 2]
-            img = apply_voi_lut(apply_modality_lut(arr, ds), ds).astype(np.float64)
-            if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-                img = img.max() - img
+        frames = arr if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 else arr[None]
+        photometric = str(getattr(ds, "PhotometricInterpretation", ""))
+        out = []
+        for f in frames:
+            if photometric.startswith("RGB") or f.ndim == 3 and f.shape[-1] == 3:
+                img = f.astype(np.float64)
+            else:
+                img = apply_voi_lut(apply_modality_lut(f, ds), ds).astype(np.float64)
+                if photometric == "MONOCHROME1":
+                    img = img.max() - img
+            out.append(img)
     except Exception as exc:  # pydicom raises many types for broken files
         raise DecodeError(f"{path}: {exc}") from None
+    return [_to_rgb_uint8(img) for img in out]
+
+
+def _to_rgb_uint8(img: np.ndarray) -> np.ndarray:
     lo, hi = float(img.min()), float(img.max())
     img = (img - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(img)
     img = img.round().astype(np.uint8)

@@ -57,6 +57,7 @@ def ensure_models(recipe: AuditRecipe, train_missing: bool, quiet: bool = False)
     """Check every zoo model is trained; train the missing ones with ``--train-missing``."""
     from robaudit.models.store import is_trained
     from robaudit.models.train import TrainConfig, check_trainable, train_model
+    from robaudit.models.zoo import parse_zoo_name
 
     missing = [n for n in recipe.model_names() if not is_trained(n)]
     if not missing:
@@ -64,16 +65,15 @@ def ensure_models(recipe: AuditRecipe, train_missing: bool, quiet: bool = False)
     if not train_missing:
         raise BadInput(f"recipe {recipe.name!r} needs untrained model(s): {', '.join(missing)}",
                        "add --train-missing, or run 'robaudit train NAME' for each")
-    from robaudit.models.zoo import parse_zoo_name
-
     for n in missing:
         check_trainable(n)
     t = recipe.train
+    cfg = TrainConfig(epochs=t.epochs, image_size=t.image_size, batch_size=t.batch_size, train_limit=t.train_limit,
+                      lr=t.lr, seed=t.seed)
+    scratch_cfg = cfg.model_copy(update={"epochs": t.scratch_epochs or t.epochs})
     for n in missing:
-        scratch = parse_zoo_name(n).transfer == "scratch" and t.scratch_epochs
-        cfg = TrainConfig(epochs=t.scratch_epochs if scratch else t.epochs, image_size=t.image_size,
-                          batch_size=t.batch_size, train_limit=t.train_limit, lr=t.lr, seed=t.seed)
-        train_model(n, cfg, device=recipe.device, quiet=quiet)
+        train_model(n, scratch_cfg if parse_zoo_name(n).transfer == "scratch" else cfg, device=recipe.device,
+                    quiet=quiet)
 
 
 def _classes_of(model_or_ckpt) -> list[str]:
@@ -140,7 +140,6 @@ def write_audit_doc(doc: dict, out_dir: Path) -> Path:
 def run_cell(cell: Cell) -> Cell:
     """Run one cell; a user-facing error is recorded in ``error.json`` and the audit carries on."""
     from robaudit.eval.runner import run_uap
-    from robaudit.models.store import atomic_write_text
 
     try:
         cell.result = run_uap(cell.spec, out_dir=cell.dir, quiet=True).result
@@ -148,11 +147,18 @@ def run_cell(cell: Cell) -> Cell:
     except (KeyboardInterrupt, Interrupted):
         raise
     except (RobauditError, RuntimeError, ValueError) as exc:
-        cell.error = f"{type(exc).__name__}: {exc}"
-        cell.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cell.dir / "error.json", json.dumps({"key": cell.key, "error": cell.error,
-                                                               "spec": cell.spec.model_dump()}, indent=2))
+        record_error(cell, f"{type(exc).__name__}: {exc}")
     return cell
+
+
+def record_error(cell: Cell, error: str) -> None:
+    """Set ``cell.error`` and write it to the cell's ``error.json`` (read back by ``--resume`` and reports)."""
+    from robaudit.models.store import atomic_write_text
+
+    cell.error = error
+    cell.dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cell.dir / "error.json", json.dumps({"key": cell.key, "error": error,
+                                                           "spec": cell.spec.model_dump()}, indent=2))
 
 
 def _label(spec: UAPSpec) -> str:

@@ -14,7 +14,6 @@ cells (each saves its partial perturbation, as locally) and keeps every finished
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -133,13 +132,12 @@ def run_cells_ray(cells: list, address: str | None = None, quiet: bool = False) 
 
 def _task_error(cell, exc) -> str:
     """Record a task that died without reaching run_cell's own error handling, as run_cell would."""
-    from robaudit.models.store import atomic_write_text
+    from robaudit.eval.audit import record_error
 
     first = (str(exc).strip().splitlines() or [""])[-1][:500]
     error = f"{type(exc).__name__}: {first}"
     try:
-        atomic_write_text(cell.dir / "error.json", json.dumps({"key": cell.key, "error": error,
-                                                               "spec": cell.spec.model_dump()}, indent=2))
+        record_error(cell, error)
     except OSError:
-        pass
+        cell.error = error
     return error
