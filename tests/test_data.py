@@ -193,3 +193,11 @@ def test_fetch_downloads_through_medmnist_from_a_local_server(data_root, tmp_pat
         assert main(["--data-root", str(root), "data", "fetch", "dermamnist"]) == 3
     finally:
         server.shutdown()
+
+
+def test_a_text_file_named_npz_gets_no_pickle_advice(tmp_path):
+    bad = tmp_path / "x.npz"
+    bad.write_text("garbage\n")  # NumPy would read it as a pickle and suggest allow_pickle
+    with pytest.raises(BadInput, match="not a readable npz file: not a zip archive") as exc:
+        load_task(bad).labels("train")
+    assert "pickle" not in str(exc.value)

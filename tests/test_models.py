@@ -163,3 +163,15 @@ def test_hub_download_path_reads_a_warm_cache_and_weights_file(tmp_path, monkeyp
         got = bb.net.state_dict()
         assert all(torch.equal(got[k], v) for k, v in state.items() if not k.startswith("fc."))
         assert got["fc.weight"].shape == (3, 512)  # a fresh head for the task
+
+
+def test_a_non_torch_file_is_not_called_unsafe(tmp_path):
+    """A text file renamed .pt is a wrong file, not pickled code: no --trust-checkpoint hint."""
+    from robaudit.errors import UnsafeCheckpoint
+    from robaudit.models.store import load_state
+
+    bad = tmp_path / "model.pt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(BadInput, match="is not a torch or safetensors file") as exc:
+        load_state(bad)
+    assert not isinstance(exc.value, UnsafeCheckpoint)

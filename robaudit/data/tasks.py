@@ -72,7 +72,7 @@ class TaskData:
     @cached_property
     def _npz_keys(self) -> set[str]:
         try:
-            with np.load(self.path, allow_pickle=False) as z:
+            with _open_npz(self.path) as z:
                 return set(z.files)
         except (OSError, ValueError) as exc:
             raise BadInput(f"{str(self.path)!r} is not a readable npz file: {exc}",
@@ -82,7 +82,7 @@ class TaskData:
         self._check_split(split)
         if split not in self._arrays:
             try:
-                with np.load(self.path, allow_pickle=False) as z:
+                with _open_npz(self.path) as z:
                     images, labels = z[f"{split}_images"], z[f"{split}_labels"]
             except (OSError, ValueError, KeyError) as exc:
                 raise BadInput(f"{str(self.path)!r}: cannot read {split} split: {exc}",
@@ -214,10 +214,22 @@ def _npz_task(npz: Path, name: str | None = None, view: str | None = None) -> Ta
     return _with_view(task, view)
 
 
+def _open_npz(path: Path):
+    """``np.load`` of an npz archive without pickles; a file that is not a zip archive gets a plain BadInput
+    (NumPy would try it as a pickle and talk about ``allow_pickle``)."""
+    import zipfile
+
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise BadInput(f"{str(path)!r} is not a readable npz file: not a zip archive",
+                       "it may be truncated or another format; re-download it ('robaudit data fetch') or point "
+                       "--data at a MedMNIST-layout npz")
+    return np.load(path, allow_pickle=False)
+
+
 def _card_from_labels(npz: Path) -> DatasetCard:
     """A minimal card for an npz without one: classes named by their integer labels."""
     try:
-        with np.load(npz, allow_pickle=False) as z:
+        with _open_npz(npz) as z:
             if "train_labels" not in z.files:
                 raise BadInput(f"{str(npz)!r} has no train_labels; keys: {sorted(z.files)}",
                                "use the MedMNIST layout: {train,val,test}_{images,labels}")

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,11 @@ def load_state(path: Path, trust: bool = False) -> dict:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise BadInput(f"checkpoint {str(path)!r} is not a valid safetensors file: {exc}") from None
+    with open(path, "rb") as f:
+        pickle_head = f.read(1) == b"\x80"  # a legacy torch.save file is a pickle (protocol >= 2)
+    if not pickle_head and not zipfile.is_zipfile(path):  # torch.save writes a zip archive since torch 1.6
+        raise BadInput(f"checkpoint {str(path)!r} is not a torch or safetensors file",
+                       "check the path; save weights with safetensors or torch.save(model.state_dict())")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
