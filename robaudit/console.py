@@ -14,8 +14,6 @@ from rich.console import Console
 #: COLUMNS) get 120 columns instead of rich's 80, so model names and timings are not folded
 err = Console(stderr=True, highlight=False,
               width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 120)
-#: data goes to stdout
-out = Console(highlight=False)
 
 
 def print_json(obj: Any) -> None:

@@ -12,8 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robaudit import settings
+from robaudit.audit import AuditRecipe, run_audit
+from robaudit.audit.recipes import TrainSettings
 from robaudit.console import info, warn
+from robaudit.data import load_task
+from robaudit.data.bundled import CLASSES, build_modality_task
+from robaudit.data.fetch import fetch_medmnist
 from robaudit.errors import RobauditError
+from robaudit.grading import load_input
+from robaudit.report import write_reports
 
 #: preferred demo tasks, with the clinically worrying target (disease -> "healthy"-looking class)
 DEMO_TASKS = (("pneumonia", "normal"), ("skin", "melanocytic nevi"), ("retina:referable", "non-referable"))
@@ -31,7 +38,6 @@ class DataChoice:
 
 def choose_data(allow_download: bool = True) -> DataChoice:
     """Medical data, first found wins: data root, MedMNIST cache, a download, bundled wheel images."""
-    from robaudit.data import load_task
 
     root = settings.data_root(required=False)
     why = task = target = None
@@ -45,16 +51,12 @@ def choose_data(allow_download: bool = True) -> DataChoice:
         break
     if why is None and allow_download:
         try:
-            from robaudit.data.fetch import fetch_medmnist
-
             path = fetch_medmnist("pneumoniamnist", 64)
             settings.set_data_root(path.parent)
             task, target, why = "pneumonia", "normal", f"downloaded PneumoniaMNIST (64 px) to {path.parent}"
         except RobauditError as exc:
             warn(f"no medical data root and no download ({exc.message})")
     if why is None:
-        from robaudit.data.bundled import CLASSES, build_modality_task
-
         folder = settings.home() / "bundled-data"
         build_modality_task(folder)
         settings.set_data_root(folder)
@@ -71,8 +73,6 @@ def choose_data(allow_download: bool = True) -> DataChoice:
 
 def demo_recipe(choice: DataChoice, small: bool = False):
     """The demo's audit recipe: ImageNet vs random init x natural vs training source x (non-)targeted."""
-    from robaudit.eval.recipes import AuditRecipe, TrainSettings
-
     n = 96 if small else 300
     return AuditRecipe(
         name="demo", description="robaudit demo: natural-image vs training-image UAPs vs random noise, "
@@ -88,9 +88,6 @@ def demo_recipe(choice: DataChoice, small: bool = False):
 def run_demo(out: Path = Path("reports/demo"), small: bool = False, device: str | None = None,
              quiet: bool = False, allow_download: bool = True) -> tuple[dict, DataChoice, dict]:
     """Run the demo audit into ``out``; returns (audit document, data choice, report paths)."""
-    from robaudit.eval.audit import run_audit
-    from robaudit.report import load_input, write_reports
-
     choice = choose_data(allow_download)
     info(f"[bold]medical data:[/] {choice.task} — {choice.why}")
     info(f"[bold]natural source:[/] {choice.source} — {choice.source_why}")

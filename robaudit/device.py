@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from robaudit.errors import BadInput
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -9,7 +11,6 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 def resolve_device(name: str = "auto"):
     """A ``torch.device`` for 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (BadInput if unavailable)."""
-    import torch
 
     name = (name or "auto").lower()
     if name == "auto":

@@ -11,7 +11,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from robaudit.errors import BadInput
+from robaudit.io import read_json, validate
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).parent / "schema" / "result.schema.json"
@@ -163,27 +167,41 @@ class Result(_Model):
     artifacts: dict[str, str] = Field(default_factory=dict, description="file names in the run folder")
     notes: list[str] = Field(default_factory=list)
 
+    def primary_rate(self) -> Rate | None:
+        """The rate a UAP cell is judged on: targeted success for a targeted UAP, else the fooling rate."""
+        m = self.metrics
+        if m is None:
+            return None
+        return m.targeted_success_rate if self.attack.targeted and m.targeted_success_rate is not None \
+            else m.fooling_rate
+
+    def control_rate(self) -> ControlRate | None:
+        """The random control's rate of the same measure as :meth:`primary_rate`."""
+        c = self.control
+        if c is None:
+            return None
+        targeted = self.attack.targeted and self.metrics is not None and self.metrics.targeted_success_rate is not None
+        return c.targeted_success_rate if targeted else c.fooling_rate
+
+
+def success_vector(clean, adv, target: int | None):
+    """Per-image success of a perturbation: predicted as ``target`` (targeted) or away from the clean prediction."""
+    clean, adv = np.asarray(clean), np.asarray(adv)
+    return adv == target if target is not None else adv != clean
+
 
 def load_result(path: str | Path) -> Result:
     """Read and validate a result.json (BadInput with a one-line reason on failure)."""
-    from pydantic import ValidationError
-
-    from robaudit.errors import BadInput
-
     p = Path(path)
     if not p.is_file():
         raise BadInput(f"result file {str(p)!r} does not exist", "pass the result.json a run wrote")
-    try:
-        raw = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"result file {str(p)!r} is not valid JSON: {exc}") from None
-    try:
-        return Result.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise BadInput(f"result file {str(p)!r} does not match schema {SCHEMA_VERSION}: {loc}: {first['msg']}",
-                       "regenerate it with this robaudit version") from None
+    return validate_result(read_json(p, "result file"), f"result file {str(p)!r}",
+                           "regenerate it with this robaudit version")
+
+
+def validate_result(raw: Any, where: str, hint: str | None = None) -> Result:
+    """One result document validated against the schema (BadInput naming ``where`` on failure)."""
+    return validate(Result, raw, where=f"{where} does not match result schema {SCHEMA_VERSION}", hint=hint)
 
 
 def json_schema() -> dict[str, Any]:

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from robaudit.audit.recipes import AuditRecipe, load_recipe
 from robaudit.cli import main
 from robaudit.errors import BadInput
-from robaudit.eval.recipes import AuditRecipe, load_recipe
 
 TINY = """
 name = "tiny"
@@ -95,9 +95,29 @@ def test_audit_end_to_end(full_run):
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
 
 
+def test_report_and_gate_read_the_audits_own_holm_family(full_run):
+    """One family per document: the report and the gate of an audit show the audit's adjusted p-values
+    (every cell test and every init comparison), not a family of the cells alone."""
+    from robaudit.gate import evaluate, parse_policy
+    from robaudit.grading import load_input
+    from robaudit.report import build_report
+
+    doc, out = full_run
+    table = doc["tables"]["1. UAP vs random control (every cell)"]["rows"]
+    ai = load_input(out / "audit.json")
+    report = build_report(ai)
+    shown = [a.p_adjusted for a in report.assessments]
+    assert shown == pytest.approx([r[-1] for r in table], rel=1e-12)
+    cells_only = build_report(ai.cells)  # the same cells as a plain list: their own, smaller family
+    assert [a.p_adjusted for a in cells_only.assessments] != pytest.approx(shown, rel=1e-12)
+    gate = evaluate(parse_policy({"rule": [{"kind": "max_severity", "max": "critical"}]}), ai)
+    assert [c.status for c in gate.checks] == ["pass"] * 4
+    assert report.severity in {a.severity for a in report.assessments}
+
+
 def test_transfer_diagonal_equals_per_model_uap(full_run):
-    from robaudit.config import UAPSpec
-    from robaudit.eval.runner import run_uap
+    from robaudit.eval.run import run_uap
+    from robaudit.specs import UAPSpec
 
     doc, out = full_run
     m = doc["transfer"]
@@ -112,7 +132,7 @@ def test_transfer_diagonal_equals_per_model_uap(full_run):
 
 
 def test_kill_and_resume_matches_uninterrupted(twins, recipe_file, full_run, tmp_path, monkeypatch, capsys):
-    import robaudit.eval.runner as runner
+    import robaudit.audit.cells as runner  # where the audit calls run_uap
 
     real, calls = runner.run_uap, {"n": 0}
 
@@ -142,7 +162,7 @@ def test_kill_and_resume_matches_uninterrupted(twins, recipe_file, full_run, tmp
 
 
 def test_failing_cell_is_recorded_and_audit_carries_on(twins, tmp_path):
-    from robaudit.eval.audit import run_audit
+    from robaudit.audit import run_audit
 
     recipe = AuditRecipe(name="failing", models=["pneumonia_tf_efficientnet_lite0"],
                          sources=["natural", str(tmp_path / "no-such-folder")], eval_limit=32, source_limit=32,
@@ -156,7 +176,7 @@ def test_failing_cell_is_recorded_and_audit_carries_on(twins, tmp_path):
 def test_statistics_agree_with_scipy_on_known_cases():
     from scipy.stats import binomtest
 
-    from robaudit.eval.stats import adjust_pvalues, mcnemar_exact, proportion_ci
+    from robaudit.stats import adjust_pvalues, mcnemar_exact, proportion_ci
 
     a = np.array([1] * 10 + [0] * 2 + [1] * 5 + [0] * 3, bool)
     b = np.array([0] * 10 + [1] * 2 + [1] * 5 + [0] * 3, bool)
@@ -177,14 +197,13 @@ def test_missing_models_need_train_missing(tmp_path, capsys):
 
 def test_train_missing_gives_scratch_models_their_own_epochs(tmp_path, monkeypatch):
     """[train] scratch_epochs applies to random-init twins only; other models get epochs."""
-    import robaudit.models.store as store
-    import robaudit.models.train as train
-    from robaudit.eval.audit import ensure_models
+    import robaudit.audit as audit
+    from robaudit.audit import ensure_models
 
     seen = {}
     monkeypatch.setenv("ROBAUDIT_HOME", str(tmp_path))
-    monkeypatch.setattr(store, "is_trained", lambda name: False)
-    monkeypatch.setattr(train, "train_model", lambda name, cfg, **kw: seen.__setitem__(name, cfg.epochs))
+    monkeypatch.setattr(audit, "is_trained", lambda name: False)
+    monkeypatch.setattr(audit, "train_model", lambda name, cfg, **kw: seen.__setitem__(name, cfg.epochs))
     recipe = AuditRecipe(name="r", tasks=["pneumonia"], archs=["resnet10t"], transfers=["full", "scratch", "linear"],
                          train={"epochs": 2, "scratch_epochs": 5})
     ensure_models(recipe, train_missing=True, quiet=True)

@@ -145,7 +145,7 @@ def test_upper_bound_stops_small_test_sets_passing_by_luck():
 
 def test_every_rule_kind_on_real_results(audit):
     from robaudit.gate import evaluate, parse_policy
-    from robaudit.report import load_input
+    from robaudit.grading import load_input
 
     ai = load_input(audit)
     strong, targeted, per_sample = ai.cells[1], ai.cells[2], ai.cells[3]
@@ -305,7 +305,7 @@ def test_summary_markdown_and_step_summary_append(audit, tmp_path, monkeypatch):
 
 def test_shipped_example_policy_gates_a_real_audit(audit, tmp_path):
     from robaudit.gate import evaluate, load_policy
-    from robaudit.report import load_input
+    from robaudit.grading import load_input
 
     pol = load_policy(REPO / "docs" / "policy.example.toml")
     assert len(pol.rules) >= 6 and len({r.kind for r in pol.rules}) >= 6

@@ -10,8 +10,9 @@ from statsmodels.stats.proportion import proportion_confint
 
 from robaudit.attacks.lp import lp_norm
 from robaudit.attacks.noise import random_controls
-from robaudit.eval.metrics import compare_to_control, control_metrics, predict, uap_metrics
-from robaudit.eval.stats import mean_ci
+from robaudit.attacks.predict import predict
+from robaudit.eval.metrics import compare_to_control, control_metrics, uap_metrics
+from robaudit.stats import mean_ci
 
 
 class Brightness(torch.nn.Module):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from robaudit.config import UAPSpec
+from robaudit.audit import run_audit
+from robaudit.audit.ray_executor import cell_resources, run_cells_ray
+from robaudit.audit.recipes import load_recipe
 from robaudit.errors import BadInput
-from robaudit.eval.audit import run_audit
-from robaudit.eval.ray_executor import cell_resources, run_cells_ray
-from robaudit.eval.recipes import load_recipe
+from robaudit.specs import UAPSpec
 
 NAME, CLASSES = "pneumonia_resnet10t_ray_test", ["normal", "pneumonia"]
 RECIPE = f"""
@@ -114,10 +114,10 @@ def test_ray_runs_the_recipe_like_the_local_executor_and_resumes(recipe_file, lo
 
 
 def test_cells_fill_result_or_error_like_run_cell(recipe_file, local_cluster, tmp_path):
-    from robaudit.eval.audit import Cell, cells_of
+    from robaudit.audit import Cell, classes_of
 
     rec, _ = load_recipe(recipe_file)
-    specs = cells_of(rec)
+    specs = rec.cells(classes_of)
     cells = [Cell(s.cache_key(), s, tmp_path / "cells" / s.cache_key()) for s in specs if s.target is None][:1]
     bad = specs[-1].model_copy(update={"model": "pneumonia_resnet10t_not_trained"})
     cells.append(Cell(bad.cache_key(), bad, tmp_path / "cells" / bad.cache_key()))
@@ -128,9 +128,9 @@ def test_cells_fill_result_or_error_like_run_cell(recipe_file, local_cluster, tm
 
 
 def test_ctrl_c_cancels_the_rest_and_keeps_finished_cells(recipe_file, local_cluster, tmp_path, monkeypatch):
-    from robaudit.eval.audit import Cell, cells_of
+    from robaudit.audit import Cell, classes_of
 
-    cells = [Cell(s.cache_key(), s, tmp_path / s.cache_key()) for s in cells_of(load_recipe(recipe_file)[0])]
+    cells = [Cell(s.cache_key(), s, tmp_path / s.cache_key()) for s in load_recipe(recipe_file)[0].cells(classes_of)]
     real_wait, calls = local_cluster.wait, {"n": 0}
 
     def wait(refs, **kw):  # Ctrl-C in the driver once the first cell is back

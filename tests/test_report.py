@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robaudit.eval.stats import mcnemar_exact, mean_ci, proportion_ci, rate
 from robaudit.results import (
     AttackInfo,
     ClassBreakdown,
@@ -37,6 +36,7 @@ from robaudit.results import (
     Result,
     TargetedRate,
 )
+from robaudit.stats import mcnemar_exact, mean_ci, proportion_ci, rate
 
 DATA = Path(os.environ.get("ROBAUDIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 HOSTILE = "<script>window.__pwned=1</script>"
@@ -318,7 +318,7 @@ def run_cli(args: list[str]) -> int:
 
 
 def test_severity_grades_follow_the_documented_rule():
-    from robaudit.report import assess
+    from robaudit.grading import assess
 
     # pessimistic effect = Wilson lower bound; control upper bound ~ 0.13
     assert assess(counted_cell(300, 400, p_value=1e-9)).severity == "critical"   # lower ~0.71
@@ -336,7 +336,7 @@ def test_severity_grades_follow_the_documented_rule():
 
 
 def test_targeted_severity_subtracts_the_clean_rate_of_the_target():
-    from robaudit.report import assess
+    from robaudit.grading import assess
 
     cell = counted_cell(100, 400, targeted_k=260, clean_rate=0.55, p_value=1e-6)
     a = assess(cell)
@@ -363,7 +363,8 @@ def test_report_verdict_is_the_worst_cell_and_pvalues_are_holm_adjusted():
 
 
 def test_real_ridge_results_grade_as_expected():
-    from robaudit.report import build_report, source_kind
+    from robaudit.grading import source_kind
+    from robaudit.report import build_report
 
     weak, _ = uap_cell(zeta=0.005)
     strong, _ = uap_cell(zeta=0.04, seed=3)
@@ -378,7 +379,7 @@ def test_real_ridge_results_grade_as_expected():
 
 
 def test_load_input_reads_results_audits_and_lists(real_run, real_audit, tmp_path):
-    from robaudit.report import load_input
+    from robaudit.grading import load_input
 
     one = load_input(real_run)
     assert one.kind == "result" and len(one.cells) == 1 and one.run_dir == real_run.parent
@@ -400,7 +401,7 @@ def test_load_input_reads_results_audits_and_lists(real_run, real_audit, tmp_pat
 ])
 def test_load_input_rejects_bad_files_with_one_line(tmp_path, content, needle):
     from robaudit.errors import BadInput
-    from robaudit.report import load_input
+    from robaudit.grading import load_input
 
     path = tmp_path / "r.json"
     if content is not None:
@@ -414,7 +415,8 @@ def test_load_input_rejects_bad_files_with_one_line(tmp_path, content, needle):
 
 
 def test_html_report_is_self_contained_with_every_section(real_run):
-    from robaudit.report import build_report, load_input
+    from robaudit.grading import load_input
+    from robaudit.report import build_report
     from robaudit.report.html import render_html
 
     text = render_html(build_report(load_input(real_run)))
@@ -444,7 +446,8 @@ def test_html_report_is_self_contained_with_every_section(real_run):
 
 
 def test_html_audit_renders_what_exists(real_audit):
-    from robaudit.report import build_report, load_input
+    from robaudit.grading import load_input
+    from robaudit.report import build_report
     from robaudit.report.html import render_html
 
     rep = build_report(load_input(real_audit))
@@ -514,7 +517,8 @@ def test_hostile_strings_are_escaped_everywhere(tmp_path):
 
 
 def test_markdown_is_a_compact_summary(real_audit):
-    from robaudit.report import build_report, load_input
+    from robaudit.grading import load_input
+    from robaudit.report import build_report
     from robaudit.report.markdown import render_markdown
 
     rep = build_report(load_input(real_audit))

@@ -128,7 +128,8 @@ PAGE_STATE = """JSON.stringify({
 
 
 def test_html_report_renders_cleanly_in_chromium(tmp_path):
-    from robaudit.report import build_report, load_input, write_reports
+    from robaudit.grading import load_input
+    from robaudit.report import build_report, write_reports
 
     chromium = _chromium()
     # a real run folder with its perturbation and examples, plus a per-sample cell, with hostile class names

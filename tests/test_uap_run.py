@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from robaudit.cli import main
-from robaudit.config import make_spec
-from robaudit.eval.runner import run_uap
+from robaudit.eval.run import run_uap
+from robaudit.specs import make_spec
 
 MODEL = "pneumonia_tf_efficientnet_lite0"
 #: CPU-sized published setting: zeta 4%, 300 ImageNet photos, 300 test images, 10 control draws
@@ -99,11 +99,11 @@ def test_cli_json_prints_only_json(finetuned, tmp_path, capsys):
 
 
 def test_interrupt_keeps_partial_and_resumes(finetuned, tmp_path, capsys, monkeypatch):
-    import robaudit.attacks.uap as engine
+    import robaudit.attacks.uap.state as engine
 
     args = ["uap", "--model", MODEL, "--source", "imagenet", "--source-limit", "96", "--eval-limit", "32",
             "--max-iter", "2", "--controls", "1", "--device", "cpu", "--no-report", "--out", str(tmp_path)]
-    real_tick, calls = engine.UAPRun.tick, {"n": 0}
+    real_tick, calls = engine.UAPState.tick, {"n": 0}
 
     def tick(self, n, fooled=0):
         calls["n"] += 1
@@ -111,13 +111,13 @@ def test_interrupt_keeps_partial_and_resumes(finetuned, tmp_path, capsys, monkey
             raise KeyboardInterrupt
         return real_tick(self, n, fooled)
 
-    monkeypatch.setattr(engine.UAPRun, "tick", tick)
+    monkeypatch.setattr(engine.UAPState, "tick", tick)
     code = main(args)
     err = capsys.readouterr().err
     assert code == 130 and "resume" in err
     partial = np.load(tmp_path / "uap.partial.npy")
     assert np.abs(partial).max() > 0 and not (tmp_path / "result.json").exists()
-    monkeypatch.setattr(engine.UAPRun, "tick", real_tick)
+    monkeypatch.setattr(engine.UAPState, "tick", real_tick)
     assert main(args) == 0
     assert (tmp_path / "result.json").is_file() and not (tmp_path / "uap.partial.npy").exists()
     assert "resuming" in capsys.readouterr().err

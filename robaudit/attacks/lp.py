@@ -9,37 +9,25 @@ vector stays zero. (Older ART releases added a 1e-7 tolerance to the norm; 1.20 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from functools import lru_cache
 
 import torch
 from torch import Tensor
 
-from robaudit.errors import BadInput
-
-NORMS = ("linf", "l2")
-_ALIASES = {"linf": "linf", "inf": "linf", "l-inf": "linf", "l2": "l2", "2": "l2"}
-
-
-def check_norm(norm: str | int | float) -> str:
-    """'linf' or 'l2' for the accepted spellings ('linf', 'inf', np.inf, 'l2', 2); BadInput otherwise."""
-    key = "inf" if norm == float("inf") else str(norm).lower()
-    if key not in _ALIASES:
-        raise BadInput(f"unknown norm {norm!r}", "choose linf or l2")
-    return _ALIASES[key]
+from robaudit.specs import canonical_norm
 
 
 def lp_norm(v: Tensor, norm: str) -> Tensor:
     """Per-sample Lp norms of a batch (N, ...) -> (N,)."""
     flat = v.reshape(len(v), -1)
-    if check_norm(norm) == "linf":
+    if canonical_norm(norm) == "linf":
         return flat.abs().amax(dim=1)
     return torch.linalg.vector_norm(flat, ord=2, dim=1)
 
 
 def project(v: Tensor, norm: str, eps: float) -> Tensor:
     """Project each sample of ``v`` onto the Lp ball of radius ``eps`` (ART's ``projection``, same bits)."""
-    if check_norm(norm) == "linf":
+    if canonical_norm(norm) == "linf":
         return v.clamp(-eps, eps)
     flat = v.reshape(len(v), -1)
     n = _numpy_sum(flat * flat).double().sqrt().float().double()[:, None]  # torch's float32 sqrt is not exact
@@ -116,20 +104,3 @@ def perturb(x: Tensor, v: Tensor, clip: bool) -> Tensor:
     """``x + v``, clipped to [0, 1] when ``clip`` (clip=False is the published, unclipped setting)."""
     xv = x + v
     return xv.clamp(0.0, 1.0) if clip else xv
-
-
-def mean_lp_norm(images: Tensor | Iterable[Tensor], norm: str) -> float:
-    """Mean over images of ||x||_p, with x in [0, 1] pixel space (a tensor or an iterable of chunks).
-
-    robaudit's magnitude is ``eps = zeta * mean_lp_norm(images, norm)``, over all channels and the
-    images given (record which). The published work took the mean in the model's [-1, 1] input scale;
-    the same zeta there is ``zeta * mean ||2x - 1||_p / 2`` in [0, 1] units (about zeta / 2 for L-inf).
-    """
-    chunks = [images] if isinstance(images, Tensor) else images
-    total, count = 0.0, 0
-    for chunk in chunks:
-        total += float(lp_norm(chunk.double(), norm).sum())
-        count += len(chunk)
-    if count == 0:
-        raise BadInput("no images to measure the mean norm over")
-    return total / count

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robaudit.attacks.lp import check_norm
 from robaudit.errors import BadInput
+from robaudit.specs import canonical_norm
 
 KINDS = ("uniform", "art")
 
@@ -25,7 +25,7 @@ KINDS = ("uniform", "art")
 def random_controls(shape: tuple[int, ...], norm: str, norm_value: float, draws: int, kind: str = "uniform",
                     generator: torch.Generator | None = None) -> Tensor:
     """``draws`` random perturbations of ``shape`` (C, H, W) or (1, C, H, W): a float32 tensor (K, C, H, W) on CPU."""
-    norm = check_norm(norm)
+    norm = canonical_norm(norm)
     if kind not in KINDS:
         raise BadInput(f"unknown control kind {kind!r}", "choose uniform or art")
     if draws < 1 or not norm_value >= 0:

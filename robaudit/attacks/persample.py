@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 
 import numpy as np
 import torch
@@ -39,9 +38,10 @@ from robaudit.attacks.backends import (
     resolve,
 )
 from robaudit.attacks.lp import lp_norm, project
+from robaudit.attacks.predict import model_device, predict
+from robaudit.console import task_progress
 from robaudit.errors import BadInput, RuntimeFailure
-from robaudit.eval.metrics import model_device, predict
-from robaudit.eval.stats import rate
+from robaudit.provenance import environment, now_iso
 from robaudit.results import (
     AttackInfo,
     ClassBreakdown,
@@ -53,6 +53,7 @@ from robaudit.results import (
     Result,
     TargetedRate,
 )
+from robaudit.stats import rate
 
 #: a backend's perturbation may exceed eps by this much (relative) before it is an error
 EPS_TOLERANCE = 1e-3
@@ -187,7 +188,7 @@ def run_attack(model: nn.Module, x: Tensor, y: Tensor, *, attack: str, eps: Sequ
         clip=True, steps=steps, step_size=_at_eps(base, eps_list[0]).step_size if len(eps_list) == 1 else None,
         batch_size=batch_size, seed=seed, seconds=seconds, device=str(dev))
     notes = _notes(spec, bk, base, eps_list, len(idx), len(x), names, head_text)
-    return Result(robaudit_version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return Result(robaudit_version=__version__, created=now_iso(),
                   environment=_environment(dev, bk), model=model_info or _model_info(model, names),
                   data=data_info or DataInfo(name="tensors", split="unknown", n=len(x)), attack=info,
                   metrics=metrics, per_eps=per_eps, min_norm=min_norm, notes=notes)
@@ -317,8 +318,6 @@ def attack_mode(model: nn.Module):
 
 @contextmanager
 def _progress(quiet: bool, description: str, total: int):
-    from robaudit.console import task_progress
-
     with task_progress(description, total=total, disable=quiet) as advance:
         yield advance
 
@@ -342,6 +341,4 @@ def _model_info(model: nn.Module, names: list[str]) -> ModelInfo:
 
 
 def _environment(dev, bk: Backend) -> dict:
-    from robaudit.eval.runner import environment
-
     return environment(dev) | {"backend": bk.name, "backend_version": bk.version()}

@@ -44,6 +44,7 @@ def attack(
     from robaudit.attacks.backends import resolve
     from robaudit.attacks.persample import check_eps, check_steps, parse_eps
     from robaudit.errors import BadInput
+    from robaudit.provenance import command_line
 
     # everything checkable without the model, before loading it
     if target is not None and target.strip().lstrip("-").isdigit() and int(target) < 0:
@@ -60,20 +61,15 @@ def attack(
     import json
 
     from robaudit.attacks.persample import run_attack
+    from robaudit.commands._shared import default_out_dir, print_attack_summary, write_reports_best_effort
     from robaudit.console import print_json
-    from robaudit.data import load_task
-    from robaudit.eval.runner import command_line, resolve_target
-    from robaudit.models import load_model
-    from robaudit.models.store import atomic_write_text
+    from robaudit.io import atomic_write_text
+    from robaudit.models import load_model_and_task
 
-    lm = load_model(model, checkpoint=checkpoint, arch=arch, device=device, trust_checkpoint=trust_checkpoint,
-                    task=data)
+    lm, task = load_model_and_task(model, checkpoint=checkpoint, arch=arch, device=device,
+                                   trust_checkpoint=trust_checkpoint, data=data)
     size = lm.card.input_size
-    task = load_task(data or lm.card.task, size=size)
-    if task.num_classes != len(lm.classes):
-        raise BadInput(f"model {lm.card.name!r} has {len(lm.classes)} classes but task {task.full_name!r} has "
-                       f"{task.num_classes}", "pass the --data task the model was trained on")
-    target_idx = resolve_target(target, lm.classes)
+    target_idx = lm.resolve_target(target)
     x, y = task.tensors(split, size=size, limit=n, seed=seed)
     result = run_attack(lm.module, x, y, attack=spec.name, eps=eps_list, norm=norm, backend=backend, steps=steps,
                         target=target_idx, random_start=random_start, class_names=lm.classes,
@@ -84,62 +80,8 @@ def attack(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "result.json", result.model_dump_json(indent=2))
     if not no_report:
-        _write_reports(result, out_dir)
+        write_reports_best_effort(result, out_dir, out_dir / "result.json")
     if json_out:
         print_json(json.loads(result.model_dump_json()))
     else:
-        print_summary(result, out_dir)
-
-
-def default_out_dir(model: str, attack: str, backend: str) -> Path:
-    import os
-    from datetime import datetime
-
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_id = f"{stamp}-{model.replace('/', '_')}-{attack}-{backend}"
-    return Path(os.environ.get("ROBAUDIT_REPORTS", "reports")) / run_id
-
-
-def print_summary(result, out_dir: Path | None = None) -> None:
-    """A table on stderr: robust accuracy and success per epsilon with intervals, and the minimal norms."""
-    from rich.table import Table
-
-    from robaudit.console import err
-
-    a, m = result.attack, result.metrics
-    title = (f"{result.model.name} | {a.method} {a.norm} via {a.backend}"
-             f"{f' -> {a.target_name}' if a.targeted else ''} | {result.data.name} {result.data.split} "
-             f"n={result.data.n} | clean accuracy {m.clean_accuracy:.1%}")
-    t = Table(title=title, title_justify="left")
-    for col in ("eps", "robust accuracy", "95% CI", "attack success", "95% CI", "attacked"):
-        t.add_column(col, justify="right")
-    for r in result.per_eps or []:
-        ra, sr = r.robust_accuracy, r.success_rate
-        t.add_row(f"{r.eps:.4g}", f"{ra.value:.1%}", f"[{ra.ci[0]:.1%}, {ra.ci[1]:.1%}]", f"{sr.value:.1%}",
-                  f"[{sr.ci[0]:.1%}, {sr.ci[1]:.1%}]", str(sr.n))
-    if result.per_eps:
-        err.print(t)
-    if result.min_norm is not None:
-        mn = result.min_norm
-        q = ", ".join(f"q{k}={v:.4g}" for k, v in mn.quantiles.items())
-        err.print(f"minimal {a.norm} norm found: median {mn.median:.4g} ({q}); found for {mn.success_rate:.1%} of "
-                  "the attacked images")
-    elif a.mode == "minimal-norm":
-        err.print("minimal-norm attack found no adversarial example")
-    err.print(f"[dim]success = prediction {'is the target' if a.targeted else 'differs from the label'}, over images "
-              f"correct when clean; {a.seconds:.1f} s on {a.device}[/]")
-    if out_dir is not None:
-        err.print(f"[green]wrote[/] {out_dir / 'result.json'}")
-
-
-def _write_reports(result, out_dir: Path) -> None:
-    """HTML + Markdown reports beside result.json (a report failure never loses the result)."""
-    from robaudit.console import warn
-    from robaudit.errors import RobauditError
-
-    try:
-        from robaudit.report import write_reports
-
-        write_reports([result], out_dir, formats=("html", "md"))
-    except (RobauditError, ImportError, OSError) as exc:
-        warn(f"report not written ({exc}); the result is in {out_dir / 'result.json'}")
+        print_attack_summary(result, out_dir)

@@ -21,24 +21,27 @@ def list_(
     from robaudit.data import list_tasks
     from robaudit.data.sources import bundled_photos
 
-    root = settings.data_root()
+    # the embedded task needs no data root; a configured root that does not exist is still an error
+    root = settings.data_root(required=settings.configured_data_root() is not None)
     tasks = [t.summary() for t in list_tasks(root)]
-    imagenet = root / "imagenet"
+    imagenet = root / "imagenet" if root is not None else None
     n_imagenet = sum(1 for p in imagenet.rglob("*") if p.is_file() and p.suffix.lower() in
-                     {".jpg", ".jpeg", ".png"}) if imagenet.is_dir() else 0
-    sources = [{"name": "imagenet", "images": n_imagenet, "path": str(imagenet)},
+                     {".jpg", ".jpeg", ".png"}) if imagenet is not None and imagenet.is_dir() else 0
+    sources = [{"name": "imagenet", "images": n_imagenet, "path": str(imagenet) if imagenet else "(no data root)"},
                {"name": "natural", "images": len(bundled_photos()), "path": "photos inside installed wheels"},
                {"name": "train", "images": None, "path": "the audited task's training split"}]
     if json_out:
-        print_json({"data_root": str(root), "tasks": tasks, "sources": sources})
+        print_json({"data_root": str(root) if root else None, "tasks": tasks, "sources": sources})
         return
-    table = Table(title=f"Tasks in {root}")
+    table = Table(title=f"Tasks in {root}" + (" and embedded in robaudit" if any(t["embedded"] for t in tasks) else "")
+                  if root else "Tasks embedded in robaudit (no data root)")
     for col in ("task", "file", "modality", "train", "val", "test", "classes", "views"):
         table.add_column(col)
     for t in tasks:
         c = t["counts"]
         classes = ", ".join(t["classes"])
-        table.add_row(t["name"], t["path"].rsplit("/", 1)[-1], t["modality"] or "", str(c.get("train", "")),
+        file = "(embedded)" if t["embedded"] else t["path"].rsplit("/", 1)[-1]
+        table.add_row(t["name"], file, t["modality"] or "", str(c.get("train", "")),
                       str(c.get("val", "")), str(c.get("test", "")),
                       f"{len(t['classes'])}: {classes[:60]}{'…' if len(classes) > 60 else ''}",
                       ", ".join(t["views"]))
@@ -57,9 +60,8 @@ def fetch(
     size: Annotated[int, typer.Option(help="MedMNIST image size: 28, 64, 128 or 224.")] = 28,
 ) -> None:
     """Download a MedMNIST dataset into the data root (needs internet and the medmnist package)."""
+    from robaudit.console import info
     from robaudit.data.fetch import fetch_medmnist
 
     path = fetch_medmnist(name, size)
-    from robaudit.console import info
-
     info(f"[green]saved[/] {path}")

@@ -15,11 +15,11 @@ def demo(
     offline: Annotated[bool, typer.Option("--offline", help="Never try to download data.")] = False,
 ) -> None:
     """Train a transfer-learned model and its random-init twin, attack them with UAPs, write reports."""
-    from robaudit.commands.audit import _print_summary
+    from robaudit.commands._shared import print_audit_summary
     from robaudit.console import err
     from robaudit.demo import run_demo
 
     doc, choice, paths = run_demo(out, small=small, device=device, allow_download=not offline)
-    _print_summary(doc, out)
+    print_audit_summary(doc)
     err.print(f"[bold]data used:[/] {choice.task} — {choice.why}")
     err.print(f"[green]report:[/] [bold]{paths.get('html')}[/]  (Markdown: {paths.get('md')})")

@@ -21,13 +21,14 @@ def gate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the checks as JSON on stdout.")] = False,
 ) -> None:
     """Gate a CI pipeline on a robustness policy."""
+    from robaudit.commands._shared import print_gate_table
     from robaudit.console import print_json
     from robaudit.errors import BadInput
-    from robaudit.gate import EXIT_PASS, print_table
+    from robaudit.gate import EXIT_PASS
     from robaudit.gate import gate as run_gate
 
     res = run_gate(result, policy, junit_xml=junit_xml, summary_md=summary_md)
-    print_table(res)
+    print_gate_table(res)
     if json_out:
         print_json(res.to_dict())
     if res.errors:

@@ -72,19 +72,13 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="Print the model card JSON on stdout.")] = False,
 ) -> None:
     """Fine-tune (ImageNet init) or train from scratch (random init) a zoo model and store it."""
-    from pydantic import ValidationError
-
     from robaudit.console import err, print_json
-    from robaudit.errors import BadInput
+    from robaudit.io import validate
     from robaudit.models.train import TrainConfig, check_trainable, train_model
 
-    try:
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, optimizer=optimizer,
-                          seed=seed, augment=augment, balanced=balanced, train_limit=train_limit,
-                          weights_file=weights_file)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        raise BadInput(f"--{'-'.join(str(x) for x in e['loc'])}: {e['msg']}") from None
+    cfg = validate(TrainConfig, dict(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
+                                     optimizer=optimizer, seed=seed, augment=augment, balanced=balanced,
+                                     train_limit=train_limit, weights_file=weights_file), flag=True)
     check_trainable(model)
     card = train_model(model, cfg, device=device, resume=not restart, quiet=json_out)
     if json_out:

@@ -26,16 +26,9 @@ def report(
 
     from robaudit.console import info, print_json
     from robaudit.errors import BadInput
-    from robaudit.report import (
-        SUFFIX,
-        build_report,
-        check_formats,
-        is_step_summary,
-        load_input,
-        render,
-        report_json,
-        write_report,
-    )
+    from robaudit.grading import load_input
+    from robaudit.io import is_step_summary
+    from robaudit.report import SUFFIX, build_report, check_formats, render, report_json, write_report
 
     (fmt,) = check_formats([fmt])
     rep = build_report(load_input(result), title=title)

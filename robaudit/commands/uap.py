@@ -51,10 +51,17 @@ def uap(
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML/Markdown reports.")] = False,
 ) -> None:
     """Build a UAP from SOURCE and evaluate it on the task's test split against random controls."""
-    from robaudit.config import make_spec
+    import json
+
+    import numpy as np
+    import torch
+
+    from robaudit.attacks.uap.group import is_main
+    from robaudit.commands._shared import default_out_dir, print_uap_summary, write_reports_best_effort
     from robaudit.console import print_json
-    from robaudit.eval.runner import default_out_dir, result_json, run_uap
-    from robaudit.eval.summary import print_uap_summary
+    from robaudit.errors import BadInput
+    from robaudit.eval.run import run_uap
+    from robaudit.specs import make_spec
 
     spec = make_spec(model=model, checkpoint=str(checkpoint) if checkpoint else None, arch=arch,
                      trust_checkpoint=trust_checkpoint, data=data, split=split, eval_limit=eval_limit, source=source,
@@ -64,37 +71,18 @@ def uap(
                      workers=workers, amp=amp)
     init_v = None
     if init is not None:
-        import numpy as np
-        import torch
-
-        from robaudit.errors import BadInput
-
         try:
             init_v = torch.from_numpy(np.load(init)).float()
         except (OSError, ValueError) as exc:
             raise BadInput(f"cannot read --init {str(init)!r}: {exc}") from None
-    out_dir = out or default_out_dir(spec)
+    name = spec.model or Path(spec.checkpoint or "model").stem
+    out_dir = out or default_out_dir(name, spec.source, spec.cache_key()[:6])
     run = run_uap(spec, out_dir=out_dir, quiet=json_out, init=init_v)
-    from robaudit.distributed import is_main
-
     if not is_main():  # under torchrun only rank 0 writes reports and prints
         return
     if not no_report:
-        _write_reports(run.result, out_dir)
+        write_reports_best_effort(run.result, out_dir, out_dir / "result.json")
     if json_out:
-        print_json(result_json(run))
+        print_json(json.loads(run.result.model_dump_json()))
     else:
         print_uap_summary(run.result, out_dir)
-
-
-def _write_reports(result, out_dir: Path) -> None:
-    """HTML + Markdown reports beside result.json (a report failure never loses the result)."""
-    from robaudit.console import warn
-    from robaudit.errors import RobauditError
-
-    try:
-        from robaudit.report import write_reports
-
-        write_reports([result], out_dir, formats=("html", "md"))
-    except (RobauditError, ImportError, OSError) as exc:
-        warn(f"report not written ({exc}); the result is in {out_dir / 'result.json'}")

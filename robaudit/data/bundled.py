@@ -9,6 +9,7 @@ model; the demo says so plainly wherever it uses it.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from robaudit.data.images import DecodeError, dicom_frames, read_image
+from robaudit.errors import BadInput
 
 CLASSES = ["CT", "MR", "ultrasound", "photograph (fundus / microscopy)"]
 NAME = "modality"
@@ -54,7 +56,6 @@ def source_images() -> dict[int, list[tuple[str, np.ndarray]]]:
     if mpl:
         f = mpl / "mpl-data" / "sample_data" / "s1045.ima.gz"
         if f.is_file():
-            import gzip
 
             raw = np.frombuffer(gzip.open(f).read(), np.uint16).reshape(256, 256)
             img = (raw / max(raw.max(), 1) * 255).astype(np.uint8)
@@ -70,8 +71,6 @@ def build_modality_task(root: Path, size: int = 64, per_class: int = 240, seed: 
     found = source_images()
     classes = [i for i in range(len(CLASSES)) if found[i]]
     if len(classes) < 2:
-        from robaudit.errors import BadInput
-
         raise BadInput("no medical data available offline",
                        "set ROBAUDIT_DATA to a MedMNIST data root, or pip install pydicom scikit-image")
     images, labels, origins = [], [], []

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from robaudit.errors import BadInput
+from robaudit.io import read_model
 
 
 class BinaryView(BaseModel):
@@ -38,12 +37,7 @@ class DatasetCard(BaseModel):
 
     @classmethod
     def read(cls, path: Path) -> DatasetCard:
-        try:
-            return cls.model_validate(json.loads(path.read_text()))
-        except (OSError, ValueError, ValidationError) as exc:
-            msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-            raise BadInput(f"dataset card {str(path)!r} is invalid: {msg}",
-                           "fix the JSON (task, modality, label_names, binary_view)") from None
+        return read_model(cls, path, "dataset card", "fix the JSON (task, modality, label_names, binary_view)")
 
 
 #: MedMNIST flags that robaudit names as tasks, with MedMNIST v2's own label names.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.data import create_transform
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DICOM_EXTS = {".dcm", ".dicom"}
@@ -99,7 +100,6 @@ def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def photo_transform(size: int, grayscale: bool = False):
     """timm's eval transform for photos: resize the shorter side, centre crop, to [0,1] tensor."""
-    from timm.data import create_transform
 
     t = create_transform(input_size=(3, size, size), is_training=False, crop_pct=1.0, crop_mode="center",
                          interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

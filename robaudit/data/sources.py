@@ -7,11 +7,14 @@ ImageNet folder streams through the UAP loop without being held in memory.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
 from robaudit import settings
 from robaudit.data.images import DecodeError, is_image_file, photo_transform, read_image
@@ -66,7 +69,6 @@ class ImageSource:
         Undecodable files are skipped and counted in ``self.skipped`` (or raise with ``strict``).
         ``workers > 0`` decodes in DataLoader worker processes (keeps a GPU busy).
         """
-        import torch
 
         transform = photo_transform(size, self.grayscale)
         if workers > 0:
@@ -88,8 +90,6 @@ class ImageSource:
             yield torch.stack(batch)
 
     def _chunks_workers(self, size, chunk_size, strict, workers, transform):
-        import torch
-        from torch.utils.data import DataLoader
 
         ds = _DecodeDataset(self, transform)
         loader = DataLoader(ds, batch_size=chunk_size, num_workers=workers, collate_fn=_collate_ok,
@@ -103,7 +103,6 @@ class ImageSource:
 
     def tensor(self, size: int, strict: bool = False):
         """All images as one tensor (small sources only)."""
-        import torch
 
         parts = list(self.chunks(size, chunk_size=256, strict=strict))
         if not parts:
@@ -126,7 +125,6 @@ class _DecodeDataset:
 
 
 def _collate_ok(batch):
-    import torch
 
     ok = [b for b in batch if b is not None]
     return (torch.stack(ok) if ok else torch.zeros(0)), len(batch) - len(ok)
@@ -138,7 +136,6 @@ def _image_files(folder: Path) -> list[Path]:
 
 def bundled_photos() -> list[tuple[str, np.ndarray]]:
     """Natural photos shipped inside installed wheels (scikit-image, scikit-learn, matplotlib) + LFW faces."""
-    import importlib.util
 
     out: list[tuple[str, np.ndarray]] = []
     for pkg, (sub, names) in BUNDLED_PHOTOS.items():

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from robaudit import settings
+from robaudit.data import embedded
 from robaudit.data.cards import MEDMNIST, TASK_FLAGS, DatasetCard, medmnist_card
 from robaudit.data.images import DecodeError, is_image_file, read_image, resize_batch, to_float_tensor
 from robaudit.errors import BadInput, unknown_name
+from robaudit.results import DataInfo
 
 SPLITS = ("train", "val", "test")
 _NPZ_SIZE = re.compile(r"^(?P<stem>.+?)_(?P<size>\d+)$")
@@ -33,6 +37,7 @@ class TaskData:
     card: DatasetCard
     view: str | None = None
     kind: str = "npz"
+    embedded: bool = False  # shipped inside the package (robaudit.data.embedded), not from the data root
     _arrays: dict = field(default_factory=dict, repr=False)
     _folder: dict = field(default_factory=dict, repr=False)
 
@@ -136,7 +141,6 @@ class TaskData:
     def tensors(self, split: str = "test", size: int | None = None, limit: int | None = None, seed: int = 0,
                 indices: np.ndarray | None = None):
         """Images as float32 (N,3,S,S) in [0,1] and labels as int64 tensors."""
-        import torch
 
         idx = self.select(split, limit, seed) if indices is None else np.asarray(indices)
         if self.kind == "npz":
@@ -148,7 +152,6 @@ class TaskData:
         return x, torch.from_numpy(self.labels(split)[idx])
 
     def _folder_images(self, split: str, idx: np.ndarray, size: int | None):
-        import torch
 
         target = size or 224
         out = []
@@ -175,8 +178,6 @@ class TaskData:
         return h.hexdigest()
 
     def data_info(self, split: str, n: int | None = None, sha256: bool = True):
-        from robaudit.results import DataInfo
-
         return DataInfo(name=self.full_name, split=split, n=self.count(split) if n is None else n,
                         sha256=self.sha256(split) if sha256 else None, view=self.view, path=str(self.path))
 
@@ -191,7 +192,7 @@ class TaskData:
         counts = {s: self.count(s) for s in self.splits}
         return {"name": self.full_name, "path": str(self.path), "kind": self.kind, "modality": self.modality,
                 "classes": self.label_names, "counts": counts, "views": [self.card.binary_view.name]
-                if self.card.binary_view and not self.view else []}
+                if self.card.binary_view and not self.view else [], "embedded": self.embedded}
 
 
 # ---- resolution -------------------------------------------------------------------------------
@@ -217,7 +218,6 @@ def _npz_task(npz: Path, name: str | None = None, view: str | None = None) -> Ta
 def _open_npz(path: Path):
     """``np.load`` of an npz archive without pickles; a file that is not a zip archive gets a plain BadInput
     (NumPy would try it as a pickle and talk about ``allow_pickle``)."""
-    import zipfile
 
     if path.is_file() and not zipfile.is_zipfile(path):
         raise BadInput(f"{str(path)!r} is not a readable npz file: not a zip archive",
@@ -307,6 +307,12 @@ def _pick_size(paths: list[Path], size: int | None) -> Path:
     return sized[-1]
 
 
+def _embedded_task(name: str, view: str | None = None) -> TaskData:
+    task = _npz_task(embedded.task_path(name), view=view)
+    task.embedded = True
+    return task
+
+
 def split_name(name: str) -> tuple[str, str | None]:
     """``'retina:referable'`` -> ('retina', 'referable')."""
     base, _, view = name.partition(":")
@@ -326,34 +332,41 @@ def load_task(name_or_path: str | Path, view: str | None = None, size: int | Non
         if path.is_dir():
             return _folder_task(path, view=view)
         raise BadInput(f"data file {str(path)!r} does not exist", "check the path, or pass a task name")
-    root = data_root or settings.data_root()
-    cands = _candidates(root)
+    # the embedded tasks need no data root; anything in the data root under the same name wins over them
+    root = data_root or settings.data_root(required=not embedded.task_path(base))
+    cands = _candidates(root) if root else {}
     if base in cands:
         npz = _pick_size(cands[base], size)
         return _npz_task(npz, view=view)
-    folder = root / base
-    if folder.is_dir() and base != "imagenet":
+    folder = root / base if root else None
+    if folder and folder.is_dir() and base != "imagenet":
         return _folder_task(folder, view=view)
+    if embedded.task_path(base):
+        return _embedded_task(base, view=view)
     flag = TASK_FLAGS.get(base, base)
     if flag in MEDMNIST or base in TASK_FLAGS:  # a known task whose file is not here: no "did you mean"
         raise BadInput(f"task {base!r} ({flag}.npz) is not in the data root {root}",
                        f"put {flag}.npz there, point ROBAUDIT_DATA / --data-root at the folder holding it, "
                        f"or run 'robaudit data fetch {flag}'")
-    raise unknown_name("task", base, list(cands) + list(TASK_FLAGS), f"data root is {root}")
+    raise unknown_name("task", base, list(cands) + list(TASK_FLAGS) + embedded.names(), f"data root is {root}")
 
 
 def list_tasks(data_root: Path | None = None) -> list[TaskData]:
-    """Every task in the data root (one entry per npz file and per image folder)."""
-    root = data_root or settings.data_root()
+    """Every task in the data root (one entry per npz file and per image folder), then the embedded tasks
+    (``embedded=True``) whose name no data-root task already has; with no data root, the embedded tasks only."""
+    root = data_root or settings.data_root(required=settings.configured_data_root() is not None)
     tasks = []
-    for npz in sorted(root.glob("*.npz")):
-        try:
-            tasks.append(_npz_task(npz))
-        except BadInput:
-            continue
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("imagenet", "provenance")):
-        try:
-            tasks.append(_folder_task(d))
-        except BadInput:
-            continue
+    if root is not None:
+        for npz in sorted(root.glob("*.npz")):
+            try:
+                tasks.append(_npz_task(npz))
+            except BadInput:
+                continue
+        for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("imagenet", "provenance")):
+            try:
+                tasks.append(_folder_task(d))
+            except BadInput:
+                continue
+    taken = {t.name for t in tasks}
+    tasks += [_embedded_task(n) for n in embedded.names() if n not in taken and embedded.task_path(n)]
     return tasks

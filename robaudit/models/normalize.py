@@ -1,5 +1,5 @@
 """Model wrappers: models own their normalisation (attacks and metrics work in [0, 1] pixel space),
-and run in channels-last memory format where that is faster."""
+and run in channels-last memory format, or under bfloat16 autocast (``--amp``), where that is faster."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from robaudit.errors import BadInput
 
 
 class Normalized(nn.Module):
@@ -73,3 +75,37 @@ def channels_last_model(model: nn.Module, enabled: bool = True) -> Iterator[nn.M
         yield _ChannelsLastInput(model)
     finally:
         model.to(memory_format=torch.contiguous_format)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the device has it. float16 would need loss scaling for input gradients; refused."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise BadInput("--amp needs bfloat16, which this GPU lacks", "drop --amp (Ampere or newer GPUs have it)")
+    if device.type not in ("cuda", "cpu"):
+        raise BadInput(f"--amp is available on cuda and cpu, not {device.type}", "drop --amp")
+    return torch.bfloat16
+
+
+class Autocast(nn.Module):
+    """``model`` under autocast; returns float32 logits."""
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x).float()
+
+
+@contextmanager
+def fast_model(model: nn.Module, device, amp: bool = False):
+    """Yield ``model`` (amp off) or an :class:`Autocast` wrapper of it; on CUDA the weights are made
+    channels-last for the duration and restored afterwards, so later float32 metrics are unchanged."""
+    if not amp:
+        yield model
+        return
+    device = torch.device(device)
+    dtype = amp_dtype(device)
+    with channels_last_model(model, enabled=device.type == "cuda") as net:
+        yield Autocast(net, device.type, dtype).eval()

@@ -7,18 +7,19 @@ needs pickled code is refused unless the caller opts in with ``trust_checkpoint`
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
 from robaudit import settings
 from robaudit.errors import BadInput, UnsafeCheckpoint
+from robaudit.io import atomic_write_bytes, atomic_write_text, read_model
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -47,41 +48,12 @@ class ModelCard(BaseModel):
     created: str | None = None
 
 
-def versions() -> dict[str, str]:
-    import platform
-
-    import timm
-    import torch
-
-    from robaudit import __version__
-
-    return {"robaudit": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def model_dir(name: str) -> Path:
@@ -100,7 +72,6 @@ def trained_names() -> list[str]:
 
 def save_model(net, card: ModelCard) -> Path:
     """Store ``net``'s weights (safetensors) and its card; returns the model folder."""
-    from safetensors.torch import save
 
     d = model_dir(card.name)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
@@ -112,22 +83,15 @@ def save_model(net, card: ModelCard) -> Path:
 
 
 def read_card(path: Path) -> ModelCard:
-    try:
-        return ModelCard.model_validate(json.loads(path.read_text()))
-    except (OSError, ValueError, ValidationError) as exc:
-        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        raise BadInput(f"model card {str(path)!r} is invalid: {msg}", "retrain the model or fix the card") from None
+    return read_model(ModelCard, path, "model card", "retrain the model or fix the card")
 
 
 def load_state(path: Path, trust: bool = False) -> dict:
     """Read a state dict from safetensors or a torch file (``weights_only`` unless ``trust``)."""
-    import torch
 
     if not path.is_file():
         raise BadInput(f"checkpoint {str(path)!r} does not exist", "check the path")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
@@ -152,7 +116,6 @@ def load_state(path: Path, trust: bool = False) -> dict:
 
 
 def _unwrap_state(obj, path: Path) -> dict:
-    import torch
 
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()

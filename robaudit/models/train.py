@@ -10,14 +10,24 @@ import hashlib
 import json
 import math
 import time
-from datetime import datetime, timezone
 
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
 
 from robaudit.console import info, progress
-from robaudit.errors import BadInput
-from robaudit.models.store import ModelCard, atomic_write_text, model_dir, save_model, versions
+from robaudit.data import load_task
+from robaudit.device import resolve_device
+from robaudit.errors import BadInput, RuntimeFailure
+from robaudit.io import atomic_write_text
+from robaudit.models.factory import create_backbone
+from robaudit.models.normalize import Normalized, channels_last_model
+from robaudit.models.store import ModelCard, model_dir, save_model
 from robaudit.models.zoo import DEFAULT_IMAGE_SIZE, parse_zoo_name
+from robaudit.provenance import now_iso, versions
 
 
 class TrainConfig(BaseModel):
@@ -49,7 +59,6 @@ def _default_lr(transfer: str) -> float:
 
 def _set_trainable(net, transfer: str, top_k: int | None) -> None:
     """Freeze parameters according to the transfer configuration (head always trains)."""
-    import timm
 
     head = {id(p) for p in net.get_classifier().parameters()}
     if transfer in ("full", "scratch"):
@@ -77,10 +86,6 @@ def _frozen_modules_eval(net) -> None:
 
 def _augment(x, cfg: TrainConfig, gen):
     """Per-image random rotation (+-rotation deg), shift (+-shift) and horizontal flip, in one batched warp."""
-    import math
-
-    import torch
-    import torch.nn.functional as F
 
     if not cfg.augment:
         return x
@@ -99,7 +104,6 @@ def _augment(x, cfg: TrainConfig, gen):
 
 def evaluate_accuracy(module, x, y, batch_size: int = 256) -> tuple[float, object]:
     """Accuracy of ``module`` on tensors (x in [0,1]); returns (accuracy, predictions)."""
-    import torch
 
     preds = []
     module.eval()
@@ -114,14 +118,6 @@ def evaluate_accuracy(module, x, y, batch_size: int = 256) -> tuple[float, objec
 def train_model(name: str, config: TrainConfig | None = None, device: str = "auto", resume: bool = True,
                 quiet: bool = False) -> ModelCard:
     """Train zoo model ``name`` on its task and store it with its card; resumes unfinished runs."""
-    import numpy as np
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from robaudit.data import load_task
-    from robaudit.device import resolve_device
-    from robaudit.models.factory import create_backbone
-    from robaudit.models.normalize import Normalized, channels_last_model
 
     cfg = config or TrainConfig()
     recipe = parse_zoo_name(name)
@@ -192,7 +188,6 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
                 out = fast(xb)
                 loss = torch.nn.functional.cross_entropy(out, yb)
                 if not torch.isfinite(loss):
-                    from robaudit.errors import RuntimeFailure
 
                     raise RuntimeFailure(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}",
                                          "lower --lr")
@@ -242,7 +237,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
                                   "memory_format": memory_format,
                                   "trainable_params": sum(p.numel() for p in params), "history": history},
         data_sha256={s: task.sha256(s) for s in task.splits}, versions=versions(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        created=now_iso())
     save_model(net, card)
     for f in (state_file, meta_file):
         f.unlink(missing_ok=True)
@@ -251,7 +246,6 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
 
 def _flatten_optimizer(state: dict) -> tuple[dict, dict]:
     """Split an optimizer state dict into tensors (for safetensors) and JSON metadata."""
-    import torch
 
     tensors, meta_state = {}, {}
     for pid, st in state["state"].items():
@@ -274,7 +268,6 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 
 def check_trainable(name: str) -> None:
     """Fail early (BadInput) on a bad zoo name or a missing task, before any training work."""
-    from robaudit.data import load_task
 
     recipe = parse_zoo_name(name)
     task = load_task(recipe.task_ref)

@@ -2,7 +2,8 @@
 
 ``skin_resnet50`` is ImageNet init with full fine-tuning; ``skin_resnet50_random`` is its random-init
 twin; ``_linear`` freezes the ImageNet feature extractor and trains a new head; ``_top2`` trains the
-last two stages and the head. The task part may carry a label view: ``retina-referable_resnet50``.
+last two stages and the head. The task part may carry a label view: ``retina-referable_resnet50``
+(the embedded task ``pneumonia-mini`` keeps its hyphen: ``pneumonia-mini_tf_efficientnet_lite0``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import timm
+
+from robaudit.data import embedded
 from robaudit.errors import BadInput, unknown_name
 
 TRANSFERS = ("full", "top-k", "linear", "scratch")
@@ -52,8 +56,6 @@ def model_name(task: str, arch: str, transfer: str = "full", top_k: int | None =
 
 
 def is_timm_arch(arch: str) -> bool:
-    import timm
-
     return bool(timm.is_model(arch))
 
 
@@ -77,11 +79,10 @@ def parse_zoo_name(name: str, check_arch: bool = True) -> ZooRecipe:
             if top_k < 1:
                 raise BadInput(f"{name!r}: top-k needs k >= 1")
     task_part, _, arch = stem.partition("_")
-    task, _, view = task_part.partition("-")
+    # a hyphen names a label view (retina-referable), except inside an embedded task's own name
+    task, view = (task_part, "") if task_part in embedded.names() else task_part.partition("-")[::2]
     if not task or not arch:
         raise BadInput(f"{name!r} is not a zoo model name", "zoo names look like <task>_<arch>, e.g. skin_resnet50")
     if check_arch and not is_timm_arch(arch):
-        import timm
-
         raise unknown_name("architecture", arch, timm.list_models(), "any timm architecture works")
     return ZooRecipe(name=name, task=task, view=view or None, arch=arch, transfer=transfer, top_k=top_k)

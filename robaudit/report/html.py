@@ -4,11 +4,16 @@ that forbids every network load and every script), rendered with jinja2 autoesca
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from robaudit.report import SEVERITY_RULE, Report, cell_label, severity_rank, source_kind
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from robaudit import __version__
+from robaudit.fmt import ci_text, pct, pval
+from robaudit.grading import SEVERITY_RULE, cell_label, severity_rank, source_kind
+from robaudit.report.build import Report
+from robaudit.report.plots import find_artifact, image_artifact, make_plots, perturbation
 from robaudit.results import Result
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -17,27 +22,6 @@ SOURCE_KIND_TEXT = {"natural": "natural photos", "task": "task images", "other":
 
 
 # ---------------------------------------------------------------------------------------- formatting
-
-
-def pct(x: float | None, digits: int = 1) -> str:
-    """0.836 -> '83.6%'; None or NaN -> 'n/a'."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x * 100:.{digits}f}%"
-
-
-def ci(pair: tuple[float, float] | list[float] | None, digits: int = 1) -> str:
-    """(0.80, 0.87) -> '[80.0%, 87.0%]'."""
-    if not pair:
-        return ""
-    return f"[{pct(pair[0], digits)}, {pct(pair[1], digits)}]"
-
-
-def pval(p: float | None) -> str:
-    """A p-value in three significant digits, '<1e-6' below that."""
-    if p is None:
-        return "n/a"
-    return "<1e-6" if p < 1e-6 else f"{p:.3g}"
 
 
 def num(x: Any) -> str:
@@ -55,13 +39,11 @@ def num(x: Any) -> str:
     return str(x)
 
 
-def environment(autoescape: bool = True):
+def jinja_env(autoescape: bool = True) -> Environment:
     """The jinja2 environment for report templates (autoescape on for HTML, strict undefined)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=autoescape, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(pct=pct, ci=ci, pval=pval, num=num)
+    env.filters.update(pct=pct, ci=ci_text, pval=pval, num=num)
     return env
 
 
@@ -219,14 +201,11 @@ def _threat(report: Report) -> list[str]:
 
 
 def _examples(report: Report, cell: Result):
-    from robaudit.report.plots import find_artifact, image_artifact
-
     return image_artifact(find_artifact(report, cell, "examples.png", "examples.png"))
 
 
 def context(report: Report, with_plots: bool = True) -> dict[str, Any]:
     """The template context shared by the HTML and Markdown reports."""
-    from robaudit import __version__
 
     cells = report.cells
     models = _unique([(c.model.name + (c.model.sha256 or ""), c.model) for c in cells])
@@ -256,7 +235,6 @@ def context(report: Report, with_plots: bool = True) -> dict[str, Any]:
         h = report.assessments[report.headline]
         ctx.update(headline=h, headline_cell=cells[report.headline], headline_label=cell_label(cells[report.headline]))
     if with_plots:
-        from robaudit.report.plots import make_plots, perturbation
 
         ctx["plots"] = make_plots(report)
         order = ([report.headline] if report.headline is not None else []) + report.uap_indices
@@ -270,4 +248,4 @@ def context(report: Report, with_plots: bool = True) -> dict[str, Any]:
 
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML document."""
-    return environment(autoescape=True).get_template("report.html.j2").render(**context(report))
+    return jinja_env(autoescape=True).get_template("report.html.j2").render(**context(report))

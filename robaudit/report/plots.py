@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robaudit.report import Report, cell_label, source_kind
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from robaudit.grading import cell_label, source_kind
+from robaudit.report.build import Report
 from robaudit.results import Result
 
 MAX_SERIES = 10
@@ -47,8 +52,6 @@ def _text(s: Any, limit: int = 32) -> str:
 
 
 def _figure(w: float = 7.0, h: float = 3.6, ncols: int = 1):
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(w, h), dpi=110, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
@@ -61,8 +64,6 @@ def _png(fig) -> bytes:
 
 
 def _pct_axis(ax, top: float = 1.0) -> None:
-    from matplotlib.ticker import PercentFormatter
-
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_ylim(0, top)
     ax.grid(axis="y", alpha=0.3)
@@ -71,17 +72,6 @@ def _pct_axis(ax, top: float = 1.0) -> None:
 def _yerr(rate) -> tuple[float, float]:
     """Error-bar lengths below and above a rate's value (never negative)."""
     return max(0.0, rate.value - rate.ci[0]), max(0.0, rate.ci[1] - rate.value)
-
-
-def _primary(cell: Result):
-    """The cell's headline rate and control rate (targeted success for targeted cells)."""
-    m = cell.metrics
-    if m is None:
-        return None, None
-    if cell.attack.targeted and m.targeted_success_rate is not None:
-        ctrl = cell.control.targeted_success_rate if cell.control else None
-        return m.targeted_success_rate, ctrl
-    return m.fooling_rate, (cell.control.fooling_rate if cell.control else None)
 
 
 # ----------------------------------------------------------------------------------- rate vs zeta
@@ -171,7 +161,7 @@ def init_comparison(report: Report) -> Plot | None:
             c = pairs[k].get(lab)
             if c is None:
                 continue
-            rate, _ = _primary(c)
+            rate = c.primary_rate()
             xs.append(i + (j - (len(configs) - 1) / 2) * width)
             ys.append(rate.value)
             err[0].append(_yerr(rate)[0])
@@ -288,7 +278,6 @@ def transfer_heatmap(report: Report) -> Plot | None:
     parsed = parse_matrix(report.transfer) if report.transfer else None
     if parsed is None:
         return None
-    import numpy as np
 
     rows, cols, vals, metric = parsed
     arr = np.array(vals, dtype=float)
@@ -322,7 +311,6 @@ def confusion(report: Report, index: int | None = None) -> Plot | None:
                  and (report.cells[i].metrics.confusion or report.cells[i].metrics.per_class)), None)
     if cell is None:
         return None
-    import numpy as np
 
     m = cell.metrics
     panels = int(bool(m.confusion)) + int(any(p.clean_accuracy is not None for p in m.per_class))
@@ -444,7 +432,6 @@ def image_artifact(path: Path | None) -> Plot | None:
 def perturbation(report: Report, cell: Result) -> Plot | None:
     """The UAP itself, amplified so that its largest component spans the display range, and its
     per-pixel magnitude. Read from ``uap.npy`` (never pickled objects); falls back to ``uap.png``."""
-    import numpy as np
 
     path = find_artifact(report, cell, ".npy", "uap.npy")
     if path is None:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from robaudit.errors import BadInput, unknown_name
 from robaudit.models.normalize import logits_of
+from robaudit.specs import canonical_norm
 
 #: backends in order of preference when ``backend`` is not given
 BACKENDS = ("torchattacks", "foolbox", "art")
@@ -171,10 +172,8 @@ def attack_def(name: str) -> AttackDef:
 def resolve(attack: str, norm: str | None = None, backend: str | None = None,
             targeted: bool = False) -> tuple[AttackDef, str, str]:
     """Check (attack, norm, backend, targeted) and fill defaults -> (attack, norm, backend). BadInput if not run."""
-    from robaudit.attacks.lp import check_norm
-
     spec = attack_def(attack)
-    norm = spec.default_norm if norm is None else check_norm(norm)
+    norm = spec.default_norm if norm is None else canonical_norm(norm)
     if (spec.name, norm) in WITHHELD:
         raise BadInput(f"{spec.name} ({norm}) is not offered: {WITHHELD[spec.name, norm]}",
                        f"use --norm {' or '.join(spec.norms)}, or a minimal-norm attack with an {norm} version")

@@ -1,7 +1,7 @@
 """Audit recipes: declarative TOML files (the top-level ``attacks/`` folder), validated with pydantic.
 
 A recipe names models (zoo names and/or checkpoints), sources, norms, zetas, methods and targeted
-settings; :meth:`AuditRecipe.cells` expands it into one :class:`~robaudit.config.UAPSpec` per cell.
+settings; :meth:`AuditRecipe.cells` expands it into one :class:`~robaudit.specs.UAPSpec` per cell.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from robaudit.config import UAPSpec
-from robaudit.errors import BadInput
+from robaudit.errors import BadInput, unknown_name
+from robaudit.io import validate
+from robaudit.models.zoo import model_name
+from robaudit.specs import UAPSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,8 +106,6 @@ class AuditRecipe(_Strict):
         return [s for s in v if s != "random"]
 
     def model_names(self) -> list[str]:
-        from robaudit.models.zoo import model_name
-
         names = list(self.models)
         for task, arch, transfer in itertools.product(self.tasks, self.archs, self.transfers):
             top_k = int(transfer[3:]) if transfer.startswith("top") and transfer[3:].isdigit() else None
@@ -167,8 +167,6 @@ def load_recipe(name_or_path: str | Path) -> tuple[AuditRecipe, str]:
                 path = folder / f"{name_or_path}.toml"
                 break
         else:
-            from robaudit.errors import unknown_name
-
             if path.suffix == ".toml":
                 raise BadInput(f"recipe file {str(path)!r} does not exist")
             raise unknown_name("recipe", str(name_or_path), recipe_names(), "or pass a path to a .toml recipe")
@@ -178,10 +176,5 @@ def load_recipe(name_or_path: str | Path) -> tuple[AuditRecipe, str]:
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"recipe {str(path)!r} is not valid TOML: {exc}") from None
     raw.setdefault("name", path.stem)
-    try:
-        return AuditRecipe.model_validate(raw), text
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        loc = ".".join(str(x) for x in e["loc"])
-        raise BadInput(f"recipe {str(path)!r}: {loc}: {e['msg'].removeprefix('Value error, ')}",
-                       "see attacks/quick.toml for the fields") from None
+    recipe = validate(AuditRecipe, raw, where=f"recipe {str(path)!r}", hint="see attacks/quick.toml for the fields")
+    return recipe, text

@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robaudit.attacks.lp import perturb
-from robaudit.attacks.uap import UAPRun, default_step
+from robaudit.attacks.uap.registry import register
+from robaudit.attacks.uap.state import UAPState
 from robaudit.errors import BadInput
 
 
+@register("sgd")
 class SGDUAP:
     """Chunk loop of SGD-UAP. Options: ``optimizer`` ('sign' | 'adam'), ``loss`` ('ce' | 'clamped'), ``beta``."""
 
@@ -30,18 +32,18 @@ class SGDUAP:
         self._m = self._s = None
         self._t = 0
 
-    def __call__(self, run: UAPRun, x: Tensor, y: Tensor) -> None:
-        lr = default_step(run, x)
+    def __call__(self, run: UAPState, x: Tensor, y: Tensor) -> None:
+        lr = run.base_step(x)
         for _ in run.passes():
             for xb, lb in run.batches(x, y):
                 v = run.v.clone().requires_grad_(True)
-                logits = run.model(perturb(xb, v, run.clip))
+                logits = run.model(perturb(xb, v, run.cfg.clip))
                 ce = F.cross_entropy(logits, lb, reduction="none")
                 if run.targeted:
-                    objective = run.batch_mean(ce)
+                    objective = run.group.batch_mean(ce)
                 else:
-                    objective = -run.batch_mean(ce.clamp(max=self.beta) if self.loss == "clamped" else ce)
-                (grad,) = run.reduce(torch.autograd.grad(objective, v)[0])  # summed over ranks
+                    objective = -run.group.batch_mean(ce.clamp(max=self.beta) if self.loss == "clamped" else ce)
+                (grad,) = run.group.all_sum(torch.autograd.grad(objective, v)[0])  # summed over ranks
                 update = grad.sign() * lr if self.optimizer == "sign" else self._adam(grad, lr)
                 run.set_v(run.v - update)
                 run.tick(len(xb), run.fooled(logits.argmax(1), lb).sum())

@@ -1,6 +1,6 @@
 """Audit cells as Ray tasks: ``robaudit audit --executor ray [--address ADDR]`` (``pip install 'robaudit[ray]'``).
 
-Each cell runs :func:`robaudit.eval.audit.run_cell` inside a Ray task, so it writes the same
+Each cell runs :func:`robaudit.audit.cells.run_cell` inside a Ray task, so it writes the same
 ``cells/<hash>/`` folder (result.json, uap.npy, predictions.npz, or error.json) as the local
 executor, and ``--resume`` picks up whatever finished, whichever executor or machine ran it. A cell
 whose spec runs on CUDA asks Ray for one GPU (``device = "auto"`` too, when the cluster has GPUs)
@@ -18,6 +18,11 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+
+from robaudit import settings
+from robaudit.audit.cells import Cell, record_error, run_cell
+from robaudit.console import progress, warn
 from robaudit.errors import BadInput
 
 #: environment variables a cell task inherits from the driver (paths and offline switches)
@@ -47,8 +52,6 @@ def cell_resources(spec, cluster_gpus: float) -> dict:
 
 def driver_env() -> dict:
     """What a cell task needs from the driver: its working directory and the robaudit paths it resolved."""
-    from robaudit import settings
-
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     env["ROBAUDIT_HOME"] = str(settings.home().resolve())
     root = settings.data_root(required=False)  # honours --data-root
@@ -57,13 +60,8 @@ def driver_env() -> dict:
     return {"cwd": os.getcwd(), "env": env}
 
 
-def run_cell_task(cell, context: dict):
+def run_cell_task(cell: Cell, context: dict):
     """Body of a Ray task: run one cell where the driver would, return ``(result, error)``."""
-    import torch
-
-    from robaudit import settings
-    from robaudit.eval.audit import run_cell
-
     os.environ.update(context["env"])
     settings.set_data_root(context["env"].get("ROBAUDIT_DATA"))
     os.chdir(context["cwd"])
@@ -76,8 +74,8 @@ def run_cell_task(cell, context: dict):
     return cell.result, cell.error
 
 
-def run_cells_ray(cells: list, address: str | None = None, quiet: bool = False) -> list:
-    """Run ``cells`` (``robaudit.eval.audit.Cell``) as Ray tasks; fill each ``result`` or ``error`` in place.
+def run_cells_ray(cells: list[Cell], address: str | None = None, quiet: bool = False) -> list:
+    """Run ``cells`` (:class:`~robaudit.audit.cells.Cell`) as Ray tasks; fill each ``result`` or ``error`` in place.
 
     Uses an already initialised Ray as it is; otherwise joins the cluster at ``address`` ('auto',
     'ray://head:10001', ...) or, with none, starts a local one, and shuts it down at the end.
@@ -85,8 +83,6 @@ def run_cells_ray(cells: list, address: str | None = None, quiet: bool = False) 
     ray = import_ray()
     if not cells:
         return cells
-    from robaudit.console import progress, warn
-
     started = not ray.is_initialized()
     if started:
         local = {"include_dashboard": False} if address is None else {}  # a fresh local cluster: no dashboard
@@ -132,8 +128,6 @@ def run_cells_ray(cells: list, address: str | None = None, quiet: bool = False) 
 
 def _task_error(cell, exc) -> str:
     """Record a task that died without reaching run_cell's own error handling, as run_cell would."""
-    from robaudit.eval.audit import record_error
-
     first = (str(exc).strip().splitlines() or [""])[-1][:500]
     error = f"{type(exc).__name__}: {first}"
     try:

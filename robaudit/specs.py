@@ -1,15 +1,32 @@
-"""Validated run specifications (pydantic): one ``UAPSpec`` is one UAP run, CLI or library."""
+"""Validated run specifications (pydantic): one ``UAPSpec`` is one UAP run, CLI, recipe or library.
+
+Also the one table of norm spellings (``canonical_norm``) that the attack code and gate policies share.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from robaudit.errors import BadInput
+from robaudit.io import validate
 
 Norm = Literal["linf", "l2"]
+NORMS = ("linf", "l2")
+#: accepted spellings of the two norms (CLI, library calls, gate selectors)
+NORM_ALIASES = {"linf": "linf", "inf": "linf", "l-inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2"}
+
+
+def canonical_norm(norm: str | int | float) -> str:
+    """'linf' or 'l2' for the accepted spellings ('linf', 'inf', np.inf, 'l2', 2); BadInput otherwise."""
+    key = "inf" if norm == float("inf") else str(norm).lower()
+    if key not in NORM_ALIASES:
+        raise BadInput(f"unknown norm {norm!r}", "choose linf or l2")
+    return NORM_ALIASES[key]
+
+
 Method = Literal["fgsm", "deepfool", "sgd"]
 
 #: published FGSM step sizes converted to [0,1] pixel units: they used 0.0005 (natural sources) and
@@ -87,7 +104,8 @@ class UAPSpec(BaseModel):
             return 15 if self.mode == "reference" else 10
         return 1 if self.mode == "reference" else 5
 
-    def default_step(self) -> float | None:
+    def resolved_step(self) -> float | None:
+        """``step_size``, else the published step for reference fgsm, else None (the method's own default)."""
         if self.step_size:
             return self.step_size
         if self.method != "fgsm" or self.mode != "reference":
@@ -97,10 +115,4 @@ class UAPSpec(BaseModel):
 
 def make_spec(**kwargs) -> UAPSpec:
     """Build a UAPSpec, turning validation errors into one-line BadInput messages."""
-    try:
-        return UAPSpec(**kwargs)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        where = ".".join(str(x) for x in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        raise BadInput(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{msg}") from None
+    return validate(UAPSpec, kwargs, flag=True)

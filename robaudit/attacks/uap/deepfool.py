@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from robaudit.attacks.lp import perturb
-from robaudit.attacks.uap import UAPRun
+from robaudit.attacks.uap.registry import register
+from robaudit.attacks.uap.state import UAPState
 from robaudit.errors import BadInput
 
 
@@ -56,6 +57,7 @@ def deepfool(model, x: Tensor, labels: Tensor, norm: str, *, target: int | None 
     return (1 + overshoot) * r_tot
 
 
+@register("deepfool", channels_last=False)
 class DeepFoolUAP:
     """Chunk loop of the DeepFool UAP. Options: ``overshoot`` (0.02), ``df_iter`` (10), ``candidates`` (10)."""
 
@@ -64,20 +66,19 @@ class DeepFoolUAP:
             raise BadInput("deepfool needs overshoot >= 0, df_iter >= 1 and candidates >= 2 (the label + 1)")
         self.overshoot, self.df_iter, self.candidates = overshoot, df_iter, candidates
 
-    def __call__(self, run: UAPRun, x: Tensor, y: Tensor) -> None:
+    def __call__(self, run: UAPState, x: Tensor, y: Tensor) -> None:
         for _ in run.passes():
             for xb, lb in run.batches(x, y):
-                xa = perturb(xb, run.v, run.clip)
+                xa = perturb(xb, run.v, run.cfg.clip)
                 with torch.no_grad():
                     fooled = run.fooled(run.model(xa).argmax(1), lb)
                 todo = (~fooled).nonzero().flatten()
                 steps = xa[:0]
                 if len(todo):
-                    steps = deepfool(run.model, xa[todo], lb[todo], run.norm, target=run.target,
+                    steps = deepfool(run.model, xa[todo], lb[todo], run.cfg.norm, target=run.cfg.target,
                                      overshoot=self.overshoot, max_iter=self.df_iter, candidates=self.candidates,
-                                     clip=run.clip)
-                if run.dist is not None:  # every rank's steps, in the mini-batch's global order
-                    steps = run.dist.gather_ordered(steps, run.dist.positions[todo.cpu()])
+                                     clip=run.cfg.clip)
+                steps = run.group.gather_ordered(steps, todo)  # every rank's steps, in the mini-batch's order
                 for r in steps:
                     run.set_v(run.v + r[None])
                 run.tick(len(xb), fooled.sum())

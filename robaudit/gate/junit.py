@@ -71,8 +71,8 @@ def to_xml(suite: str, cases: Sequence[Case], properties: dict[str, object] | No
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_junit(path: str | Path, suite: str, cases: Sequence[Case],
-                properties: dict[str, object] | None = None) -> Path:
+def write_junit_cases(path: str | Path, suite: str, cases: Sequence[Case],
+                      properties: dict[str, object] | None = None) -> Path:
     """Write a JUnit XML file (parent folders are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

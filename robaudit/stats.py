@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
 
 from robaudit.results import Rate
 
@@ -11,7 +15,6 @@ CI_METHOD = "wilson"
 
 def proportion_ci(k: int, n: int, confidence: float = 0.95, method: str = CI_METHOD) -> tuple[float, float]:
     """Confidence interval for k successes out of n (statsmodels ``proportion_confint``)."""
-    from statsmodels.stats.proportion import proportion_confint
 
     if n <= 0:
         return (0.0, 1.0)
@@ -33,7 +36,6 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[float, float, dict]:
     Returns ``(statistic, p_value, detail)`` where statistic is min(b01, b10) (statsmodels' exact
     binomial form) and detail holds the discordant counts.
     """
-    from statsmodels.stats.contingency_tables import mcnemar
 
     a = np.asarray(a, dtype=bool)
     b = np.asarray(b, dtype=bool)
@@ -48,7 +50,6 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[float, float, dict]:
 
 def mean_ci(values: list[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     """t-interval for the mean of repeated draws (scipy); degenerate draws give a point interval."""
-    from scipy import stats
 
     v = np.asarray(values, dtype=float)
     if v.size < 2 or np.allclose(v, v[0]):
@@ -60,7 +61,6 @@ def mean_ci(values: list[float] | np.ndarray, confidence: float = 0.95) -> tuple
 
 def adjust_pvalues(pvalues: list[float], method: str = "holm") -> list[float]:
     """Multiple-comparison correction (statsmodels ``multipletests``)."""
-    from statsmodels.stats.multitest import multipletests
 
     if not pvalues:
         return []

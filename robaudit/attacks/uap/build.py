@@ -1,0 +1,106 @@
+"""``build_uap``: one universal perturbation from a source, by any registered method, in one or many processes.
+
+A source is a float tensor (N, C, H, W) in [0, 1] or an iterable of such chunks. Each chunk is
+attacked for up to ``max_iter`` passes, the perturbation ``v`` carried over (warm start) from one
+chunk to the next, as the published method did with chunks of 1000 natural images. This module
+validates the settings, picks the method from the registry and drives the chunks, timing and stopping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from robaudit.attacks.predict import model_device, predict
+from robaudit.attacks.uap import deepfool, fgsm, fgsm_reference, sgd  # noqa: F401  (they register themselves)
+from robaudit.attacks.uap.group import LocalGroup, check_chunk, current_group
+from robaudit.attacks.uap.registry import UAPMethod, create, lookup
+from robaudit.attacks.uap.state import Stopped, UAPOutcome, UAPSettings, UAPState
+from robaudit.errors import BadInput
+from robaudit.models.normalize import channels_last_model
+from robaudit.specs import canonical_norm
+
+Source = Tensor | Iterable[Tensor]
+
+
+def drive(run: UAPState, source: Source, method: UAPMethod, init: Tensor | None = None) -> UAPOutcome:
+    """Run ``method`` over the chunks of ``source``, warm-starting v; never raises on interruption."""
+    start = time.perf_counter()
+    chunks = run.group.chunks([source] if isinstance(source, Tensor) else source)
+    hits, total, interrupted, done = 0, 0, False, True
+    x = y = None
+    try:
+        for x in chunks:
+            x, y, done = check_chunk(x), None, False
+            if run.v is None:
+                v0 = torch.zeros((1, *x.shape[1:])) if init is None else init.reshape(1, *x.shape[1:]).float()
+                run.set_v(v0.to(run.device))
+                run.v = run.group.broadcast(run.v)  # a resumed partial may exist on rank 0 only
+            y = run.clean_labels(x)
+            success = method(run, x, y)
+            if success is None:
+                success = run.evaluate(x, y)
+            done = True
+            h, n, rate = run.group.chunk_rate(success)
+            hits, total = hits + h, total + n
+            if not run.history or run.history[-1][0] != run.images_seen:
+                run.checkpoint(rate)
+    except (Stopped, KeyboardInterrupt):
+        interrupted = True
+        if x is not None and not done and run.v is not None:  # measure the v reached on the current chunk
+            y = y if y is not None else predict(run.model, x, batch_size=run.cfg.batch_size, device=run.device)
+            success = run.evaluate(x, y)
+            hits, total = hits + int(success.sum()), total + len(x)
+    if run.v is None:
+        raise BadInput("the UAP source yielded no images")
+    return UAPOutcome(v=run.v.detach().cpu(), source_fooling_rate=hits / total if total else 0.0,
+                      iterations=run.iterations, images_seen=run.images_seen,
+                      seconds=time.perf_counter() - start, interrupted=interrupted, history=list(run.history))
+
+
+def build_uap(model: nn.Module, source: Source, *, method: str = "fgsm", norm: str = "linf", eps: float,
+              target: int | None = None, mode: str = "batched", max_iter: int, step_size: float | None = None,
+              batch_size: int = 32, clip: bool = True, init: Tensor | None = None, seed: int = 0, device=None,
+              delta: float = 1e-6, progress: Callable | None = None,
+              should_stop: Callable[[], bool] | None = None, distributed: bool = False,
+              channels_last: bool | None = None, **options) -> UAPOutcome:
+    """Build a UAP of L-``norm`` radius ``eps`` ([0, 1] pixel units) for ``model`` from ``source``.
+
+    method: 'fgsm' (the published iterative method; ``mode`` 'reference' = ART's semantics one image
+    at a time, 'batched' = mini-batch steps), 'deepfool' (Moosavi-Dezfooli) or 'sgd' (mini-batch
+    optimisation of v). ``max_iter``: passes over each chunk. ``step_size``: L-inf step per update
+    (fgsm, sgd; default eps/10 for L-inf, eps/sqrt(d)/10 for L2; batched fgsm's linear schedule starts
+    at twice that and decays to 0, see ``fgsm``). ``clip``: clip x + v to [0, 1]
+    (False = the published, unclipped setting). ``target``: class index for a targeted UAP.
+    ``init``: warm-start v. ``progress(n, status=None)`` is called with the images processed;
+    ``should_stop()`` is polled between steps. ``options`` go to the method (see its module).
+    ``channels_last``: run the model in NHWC memory format (default: as the method registered; restored
+    after). ``distributed``: one UAP over the ranks of the initialised torch.distributed group;
+    ``source`` is then this rank's shard (``group.shard``) and ``batch_size`` the total over ranks.
+    The model must be in eval mode, take [0, 1] images and live on ``device`` (default: its own).
+    """
+    norm = canonical_norm(norm)
+    entry = lookup(method, mode)
+    if not eps > 0 or int(max_iter) < 1 or int(batch_size) < 1 or not 0 <= delta <= 1:
+        raise BadInput("need eps > 0, max_iter >= 1, batch_size >= 1 and 0 <= delta <= 1")
+    if step_size is not None and not step_size > 0:
+        raise BadInput("step_size must be > 0")
+    group = LocalGroup()
+    if distributed:
+        group = current_group()
+        if group is None:
+            raise BadInput("distributed=True needs an initialised torch.distributed group of 2+ processes",
+                           "launch with torchrun, or pass distributed=False")
+        if not entry.distributed:
+            raise BadInput(f"mode {mode!r} is sequential (one image at a time) and cannot span processes",
+                           "use --mode batched under torchrun, or run reference mode in one process")
+    cfg = UAPSettings(norm=norm, eps=float(eps), target=target, max_iter=int(max_iter), step_size=step_size,
+                      batch_size=int(batch_size), clip=clip, delta=float(delta), seed=seed)
+    chunk_method = create(entry, options)
+    with channels_last_model(model, entry.channels_last if channels_last is None else channels_last) as net:
+        run = UAPState(model=net, cfg=cfg, device=model_device(model, device), group=group, progress=progress,
+                       should_stop=should_stop)
+        return drive(run, source, chunk_method, init=init)

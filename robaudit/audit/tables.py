@@ -1,0 +1,164 @@
+"""An audit document: every finished cell plus derived tables (UAP vs control, sources, initialisations,
+transfer matrices), with one Holm family over every test in it (see :mod:`robaudit.grading`)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robaudit import __version__
+from robaudit.attacks.lp import project
+from robaudit.attacks.predict import predict
+from robaudit.audit.cells import Cell
+from robaudit.audit.recipes import AuditRecipe
+from robaudit.data import load_task
+from robaudit.data.images import resize_batch
+from robaudit.grading import FAMILY_NOTE, PVALUE_CORRECTION, adjust_family, cell_pvalues
+from robaudit.models import load_model
+from robaudit.provenance import command_line, environment, now_iso
+from robaudit.stats import mcnemar_exact
+
+AUDIT_KIND = "audit"
+
+
+def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, seconds: float) -> dict:
+    done = [c for c in cells if c.result is not None]
+    rows = []
+    for c in done:
+        r, a = c.result, c.result.attack
+        rate, crate = c.rate, c.result.control_rate()
+        rows.append([r.model.name, r.model.init, r.model.transfer, a.source, a.norm, a.zeta, a.method,
+                     a.target_name or "-", rate.value, f"[{rate.ci[0]:.3f}, {rate.ci[1]:.3f}]",
+                     crate.value if crate else None,
+                     f"[{crate.ci[0]:.3f}, {crate.ci[1]:.3f}]" if crate else "",
+                     c.result.comparison.p_value if c.result.comparison else None])
+    pvals = cell_pvalues([c.result for c in done])
+
+    # ImageNet init vs random init / linear / top-k on the same images: exact paired test
+    init_rows, init_p = [], []
+    by_setting = defaultdict(list)
+    for c in done:
+        a = c.result.attack
+        recipe_key = (c.result.model.task, c.result.model.arch, a.source, a.norm, round(a.zeta, 6), a.method,
+                      a.target, a.seed)
+        by_setting[recipe_key].append(c)
+    for key, group in by_setting.items():
+        base = [c for c in group if c.result.model.init == "imagenet" and c.result.model.transfer == "full"]
+        for b in base:
+            for o in group:
+                if o is b:
+                    continue
+                sb, so = b.success(), o.success()
+                if sb is None or so is None or sb.shape != so.shape:
+                    continue
+                stat, p, detail = mcnemar_exact(sb, so)
+                init_rows.append([key[1], key[2], key[3], key[4], key[5], b.result.attack.target_name or "-",
+                                  f"{b.result.model.name}", b.rate.value,
+                                  f"{o.result.model.name} ({o.result.model.init}/{o.result.model.transfer})",
+                                  o.rate.value, p])
+                init_p.append(p)
+
+    cell_adj, init_adj = adjust_family(pvals, init_p)
+    for row, p, adj in zip(rows, pvals, cell_adj, strict=True):
+        row.append(adj if adj is not None else p)  # a family of one test: its own p
+    for row, adj in zip(init_rows, init_adj, strict=True):
+        row.append(adj)
+    family_size = sum(p is not None for p in pvals) + len(init_p)
+
+    sources_rows = []
+    by_model_setting = defaultdict(dict)
+    for c in done:
+        a = c.result.attack
+        if a.targeted:
+            continue
+        k = (c.result.model.name, a.norm, round(a.zeta, 6), a.method)
+        by_model_setting[k][a.source] = c.rate.value
+        if c.result.control:
+            by_model_setting[k]["random control"] = c.result.control.fooling_rate.value
+    source_cols = sorted({s for d in by_model_setting.values() for s in d if s != "random control"})
+    for (model, norm, zeta, method), d in sorted(by_model_setting.items()):
+        sources_rows.append([model, norm, zeta, method] + [d.get(s) for s in source_cols] + [d.get("random control")])
+
+    matrices = transfer_matrices(done, recipe) if recipe.transfer_eval else []
+    failed = [{"key": c.key, "cell": c.label, "error": c.error} for c in cells if c.error]
+    tables = {
+        "1. UAP vs random control (every cell)": {
+            "columns": ["model", "init", "transfer", "source", "norm", "zeta", "method", "target", "rate", "95% CI",
+                        "control", "control CI", "p (McNemar exact)", f"p ({PVALUE_CORRECTION})"],
+            "rows": rows},
+        "2. Natural vs training vs random source (non-targeted fooling rate)": {
+            "columns": ["model", "norm", "zeta", "method"] + source_cols + ["random control"],
+            "rows": sources_rows},
+        "3. ImageNet init vs other initialisations / transfer configurations (same images)": {
+            "columns": ["arch", "source", "norm", "zeta", "method", "target", "ImageNet full", "rate", "other",
+                        "rate", "p (McNemar exact)", f"p ({PVALUE_CORRECTION})"],
+            "rows": init_rows},
+    }
+    for i, m in enumerate(matrices):
+        tables[f"4.{i + 1} Transfer: {m['title']}"] = {
+            "columns": ["UAP built on \\ evaluated on"] + m["cols"],
+            "rows": [[r] + vals for r, vals in zip(m["rows"], m["values"], strict=True)]}
+    if failed:
+        tables["5. Failed cells"] = {"columns": ["cell", "error"], "rows": [[f["cell"], f["error"]] for f in failed]}
+    return {
+        "kind": AUDIT_KIND, "schema_version": "1.0", "robaudit_version": __version__,
+        "created": now_iso(), "command": command_line() or None,
+        "recipe": recipe.model_dump(), "environment": done[0].result.environment if done else environment("cpu"),
+        "seconds": seconds,
+        "counts": {"cells": len(cells), "done": len(done), "failed": len(failed),
+                   "cached": sum(c.cached for c in cells)},
+        "multiple_comparison": {"method": PVALUE_CORRECTION, "family_size": family_size, "note": FAMILY_NOTE,
+                                "comparison_p_values": init_p},
+        "cells": [_cell_json(c) for c in done],
+        "failed": failed, "tables": tables,
+        "transfer": matrices[0] if matrices else None, "transfer_matrices": matrices,
+    }
+
+
+def _cell_json(cell: Cell) -> dict:
+    """A cell's result with its artifacts made relative to the audit folder (``cells/<hash>/...``)."""
+    doc = json.loads(cell.result.model_dump_json())
+    doc["artifacts"] = {k: f"cells/{cell.key}/{v}" for k, v in doc["artifacts"].items()} | {
+        "cell_dir": f"cells/{cell.key}"}
+    return doc
+
+
+def transfer_matrices(done: list[Cell], recipe: AuditRecipe) -> list[dict]:
+    """UAP from model A evaluated on model B (same task, source, norm, zeta, method; non-targeted)."""
+    groups = defaultdict(list)
+    for c in done:
+        a = c.result.attack
+        if not a.targeted:
+            groups[(c.result.data.name, a.source, a.norm, round(a.zeta, 6), a.method, a.seed)].append(c)
+    out = []
+    models_cache: dict = {}
+    for (data_name, source, norm, zeta, method, _seed), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if len(group) < 2:
+            continue
+        names = [c.result.model.name for c in group]
+        values = []
+        for a_cell in group:
+            v = torch.from_numpy(np.load(a_cell.dir / "uap.npy"))
+            row = []
+            for b_cell in group:  # the diagonal goes through the same path: it must equal the cell's own rate
+                spec = b_cell.spec
+                if spec.model not in models_cache:
+                    models_cache[spec.model] = load_model(spec.model, checkpoint=spec.checkpoint, arch=spec.arch,
+                                                          device=spec.device, task=spec.data)
+                lm = models_cache[spec.model]
+                size = lm.card.input_size
+                task = load_task(spec.data or lm.card.task, size=size)
+                x, _ = task.tensors(spec.split, size=size, limit=spec.eval_limit, seed=spec.seed)
+                vb = v if v.shape[-1] == size else project(resize_batch(v, size), norm, b_cell.result.attack.eps)
+                with np.load(b_cell.dir / "predictions.npz") as z:
+                    clean = torch.from_numpy(z["clean"])
+                adv = predict(lm.module, x, vb, clip=spec.clip, batch_size=256, device=lm.device)
+                row.append(float((adv != clean).float().mean()))
+            values.append(row)
+        out.append({"title": f"{data_name} | source {source} | {norm} zeta={zeta:g} | {method}",
+                    "rows": names, "cols": names, "values": values, "metric": "fooling rate"})
+    return out

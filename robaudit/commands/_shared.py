@@ -1,0 +1,138 @@
+"""What the commands share: loading, default output folders, best-effort reports and console summaries.
+
+Summaries go to stderr (rich), so ``--json`` output on stdout stays clean.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from robaudit.console import err, warn
+from robaudit.errors import RobauditError
+from robaudit.fmt import ci_text, pct
+from robaudit.gate.verdict import GateResult
+from robaudit.grading import AuditInput
+from robaudit.provenance import reports_root, run_stamp
+from robaudit.report import write_reports
+from robaudit.results import Result
+
+
+def default_out_dir(*parts: str) -> Path:
+    """``reports/<stamp>-<part>-<part>...`` (``$ROBAUDIT_REPORTS`` instead of reports/), slashes made safe."""
+    return reports_root() / "-".join([run_stamp(), *(p.replace("/", "_") for p in parts)])
+
+
+def write_reports_best_effort(results: Result | AuditInput, out_dir: Path, kept: Path) -> None:
+    """HTML + Markdown reports in ``out_dir``; a report failure only warns (``kept`` holds the numbers)."""
+    try:
+        write_reports(results if isinstance(results, AuditInput) else [results], out_dir, formats=("html", "md"))
+    except (RobauditError, ImportError, OSError, ValueError) as exc:
+        warn(f"report not written ({exc}); the result is in {kept}")
+
+
+def print_uap_summary(result: Result, out_dir: Path | None = None) -> None:
+    """A table: UAP vs random control with intervals and the paired test, plus where files went."""
+    a, m = result.attack, result.metrics
+    title = (f"{result.model.name} | {a.method}/{a.mode or '-'} {a.norm} zeta={a.zeta:.3%} eps={a.eps:.4g} | "
+             f"source {a.source} (n={a.source_n}) | {result.data.name} {result.data.split} n={result.data.n}"
+             f" | {'clip' if a.clip else 'no clip'}")
+    t = Table(title=title, title_justify="left")
+    for col in ("metric", "UAP", "95% CI", "random control (mean of draws)", "control CI"):
+        t.add_column(col)
+    c = result.control
+    t.add_row("fooling rate", pct(m.fooling_rate.value), ci_text(m.fooling_rate.ci),
+              pct(c.fooling_rate.value) if c else "", ci_text(c.fooling_rate.ci) if c else "")
+    if m.targeted_success_rate is not None:
+        ts = m.targeted_success_rate
+        t.add_row(f"targeted success -> {a.target_name}", pct(ts.value), ci_text(ts.ci),
+                  pct(c.targeted_success_rate.value) if c and c.targeted_success_rate else "",
+                  ci_text(c.targeted_success_rate.ci) if c and c.targeted_success_rate else "")
+        t.add_row("  clean rate of target", pct(ts.clean_rate), "", "", "")
+    t.add_row("accuracy clean -> adversarial", f"{pct(m.clean_accuracy)} -> {pct(m.adv_accuracy)}", "", "", "")
+    err.print(t)
+    if result.comparison:
+        err.print(f"UAP vs control: {result.comparison.test}, p = {result.comparison.p_value:.3g}; "
+                  f"built in {a.seconds:.1f} s on {a.device}")
+    if out_dir is not None:
+        html = out_dir / "report.html"
+        err.print(f"[green]wrote[/] {out_dir / 'result.json'}" + (f" and [bold]{html}[/]" if html.exists() else ""))
+
+
+def print_attack_summary(result, out_dir: Path | None = None) -> None:
+    """A table on stderr: robust accuracy and success per epsilon with intervals, and the minimal norms."""
+    a, m = result.attack, result.metrics
+    title = (f"{result.model.name} | {a.method} {a.norm} via {a.backend}"
+             f"{f' -> {a.target_name}' if a.targeted else ''} | {result.data.name} {result.data.split} "
+             f"n={result.data.n} | clean accuracy {m.clean_accuracy:.1%}")
+    t = Table(title=title, title_justify="left")
+    for col in ("eps", "robust accuracy", "95% CI", "attack success", "95% CI", "attacked"):
+        t.add_column(col, justify="right")
+    for r in result.per_eps or []:
+        ra, sr = r.robust_accuracy, r.success_rate
+        t.add_row(f"{r.eps:.4g}", f"{ra.value:.1%}", f"[{ra.ci[0]:.1%}, {ra.ci[1]:.1%}]", f"{sr.value:.1%}",
+                  f"[{sr.ci[0]:.1%}, {sr.ci[1]:.1%}]", str(sr.n))
+    if result.per_eps:
+        err.print(t)
+    if result.min_norm is not None:
+        mn = result.min_norm
+        q = ", ".join(f"q{k}={v:.4g}" for k, v in mn.quantiles.items())
+        err.print(f"minimal {a.norm} norm found: median {mn.median:.4g} ({q}); found for {mn.success_rate:.1%} of "
+                  "the attacked images")
+    elif a.mode == "minimal-norm":
+        err.print("minimal-norm attack found no adversarial example")
+    err.print(f"[dim]success = prediction {'is the target' if a.targeted else 'differs from the label'}, over images "
+              f"correct when clean; {a.seconds:.1f} s on {a.device}[/]")
+    if out_dir is not None:
+        err.print(f"[green]wrote[/] {out_dir / 'result.json'}")
+
+
+def print_audit_summary(doc: dict) -> None:
+    """The audit's cells in one table (UAP vs control, Holm-adjusted p); constant columns go to the caption."""
+    c = doc["counts"]
+    t = doc["tables"]["1. UAP vs random control (every cell)"]
+    cols = t["columns"]
+    keys = ("model", "init", "transfer", "source", "norm", "zeta", "target", "rate", "control")
+    idx = {name: cols.index(name) for name in keys}
+
+    def cell(row, k):
+        value = row[idx[k]]
+        if k in ("rate", "control", "zeta"):
+            return f"{value:.1%}" if value is not None else ""
+        return "-" if value is None else str(value)
+
+    rows = t["rows"]
+    # columns equal in every row go to the caption; the model column only when init+transfer don't name it
+    constant = [k for k in keys[:7] if len({cell(r, k) for r in rows}) == 1 and len(rows) > 1]
+    shown = [k for k in keys if k not in constant]
+    if "model" in shown and len({cell(r, "model") for r in rows}) == len({(cell(r, "init"), cell(r, "transfer"))
+                                                                           for r in rows}):
+        shown.remove("model")
+        constant.insert(0, "model")
+    table = Table(title=f"audit {doc['recipe']['name']}: {c['done']}/{c['cells']} cells ({c['cached']} cached, "
+                  f"{c['failed']} failed) in {doc['seconds']:.0f} s; p-values Holm-corrected",
+                  caption="; ".join(f"{k}: {cell(rows[0], k)}" if k != "model" else
+                                    "model: " + ", ".join(sorted({cell(r, k) for r in rows})) for k in constant)
+                  if rows else None)
+    for col in [*shown, "p (holm)"]:
+        table.add_column(col, overflow="fold", justify="right" if col in ("rate", "control", "p (holm)") else "left")
+    for row in rows:
+        table.add_row(*(cell(row, k) for k in shown), f"{row[-1]:.2g}" if row[-1] is not None else "")
+    err.print(table)
+
+
+def print_gate_table(result: GateResult, console=None) -> None:
+    """A rich table of the checks and the verdict, on stderr."""
+    console = console or err
+    style = {"pass": "green", "fail": "bold red", "error": "bold yellow", "skipped": "dim"}
+    table = Table(title=f"robaudit gate: {escape(result.policy.name)}", title_justify="left")
+    for col in ("status", "rule", "subject", "result"):
+        table.add_column(col, overflow="fold")
+    for c in result.checks:
+        table.add_row(f"[{style[c.status]}]{c.status}[/]", escape(c.rule), escape(c.subject), escape(c.message))
+    console.print(table)
+    n = result.counts()
+    console.print(f"[{style.get(result.verdict, 'bold')}]{result.verdict.upper()}[/]: {n['pass']} passed, "
+                  f"{n['fail']} failed, {n['error']} error(s), {n['skipped']} skipped")
