@@ -71,7 +71,8 @@ app.command("gate")(gate_cmd.gate)
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map every error to one line on stderr and an exit code.
 
-    0 success, 1 a gate failed, 2 bad input (usage errors included), 3 runtime failure, 130 Ctrl-C.
+    0 success, 1 a gate failed, 2 bad input (usage errors included), 3 runtime failure (an unexpected
+    exception included: one ``internal error:`` line, the traceback in a log file), 130 Ctrl-C.
     """
     from rich.markup import escape
 
@@ -115,9 +116,27 @@ def main(argv: list[str] | None = None) -> int:
         cause = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
         err.print(f"[yellow]{escape(str(cause or '') or 'interrupted')}[/]")
         return 130
+    except Exception as exc:  # a bug or an unforeseen failure: one line, the traceback in a log, exit 3
+        err.print(f"[bold red]internal error:[/] {escape(_crash_line(exc, argv))}", soft_wrap=True, highlight=False)
+        return 3
     finally:
         settings.set_data_root(saved_root)
     return rv if isinstance(rv, int) else 0
+
+
+def _crash_line(exc: BaseException, argv: list[str] | None) -> str:
+    """``Type: message (details in <log>)``, the traceback written to a log file (never to the terminal:
+    exit 3 says 'robaudit failed', distinct from a gate's 1 and from bad input's 2)."""
+    import traceback
+
+    from robaudit.io import write_crash_log
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    args = sys.argv[1:] if argv is None else argv
+    log = write_crash_log(f"robaudit {__version__}\nargs: {args!r}\n\n{text}")
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    where = f"details in {log}" if log else "no log could be written"
+    return f"{type(exc).__name__}{': ' + first if first else ''} ({where}; please report it)"
 
 
 def run() -> None:

@@ -113,6 +113,10 @@ def load_input(path: str | Path) -> AuditInput:
         cells = [validate_result(c, f"{str(p)!r} item {i}") for i, c in enumerate(raw)]
         return AuditInput(cells=cells, path=p, kind="list")
     if isinstance(raw, dict) and raw.get("kind") == "audit":
+        major = str(raw.get("schema_version", "1")).split(".")[0]
+        if not major.isdigit() or int(major) > 1:  # audit documents are format 1.x; their cells are checked below
+            raise BadInput(f"audit file {str(p)!r} uses audit format {raw.get('schema_version')!r}, which this "
+                           "robaudit cannot read", "upgrade robaudit (pip install -U robaudit)")
         cells_raw = raw.get("cells")
         if not isinstance(cells_raw, list):
             raise BadInput(f"audit file {str(p)!r} has no 'cells' list")

@@ -2,20 +2,27 @@
 
 Every module that writes a result, a card or a report goes through :func:`atomic_write_text` so a
 crash never leaves half a file; every module that validates user input with pydantic goes through
-:func:`validate` / :func:`first_error` so the user reads one line, never a ValidationError.
+:func:`validate` / :func:`first_error` so the user reads one line, never a ValidationError. Output
+folders are checked (:func:`preflight_dir`) and locked (:class:`OutputLock`) before any compute, so a
+run never computes for an hour and then finds it cannot write, or overwrites a concurrent run.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from robaudit.errors import BadInput
+from robaudit.errors import BadInput, RobauditError, RuntimeFailure
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -71,21 +78,269 @@ def validate(model: type[M], data: Any, *, where: str = "", flag: bool = False, 
         raise BadInput(f"{where}: {msg}" if where else msg, hint) from None
 
 
-def read_json(path: Path, what: str = "file") -> Any:
-    """Parse a UTF-8 JSON file, or a one-line BadInput saying why it cannot be read."""
+def read_text(path: Path, what: str = "file", hint: str | None = None) -> str:
+    """A UTF-8 text file, or a one-line BadInput (missing, a folder, unreadable, not UTF-8)."""
+    p = Path(path)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise BadInput(f"{what} {str(path)!r} is not valid JSON: {exc}") from None
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{what} {str(p)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                       f"{exc.start})", hint or "save it as UTF-8") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {str(p)!r}: {exc.strerror or exc}", hint) from None
+
+
+def read_json(path: Path, what: str = "file", hint: str | None = None) -> Any:
+    """Parse a UTF-8 JSON file, or a one-line BadInput saying why it cannot be read (nesting too deep for
+    Python's parser included: a hostile file must not crash the reader)."""
+    text = read_text(path, what, hint)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BadInput(f"{what} {str(path)!r} is not valid JSON: {exc}", hint) from None
+    except RecursionError:
+        raise BadInput(f"{what} {str(path)!r} is nested too deeply to be a robaudit document", hint) from None
 
 
 def read_model(model: type[M], path: Path, what: str, hint: str | None = None) -> M:
     """A JSON file validated as ``model`` (cards, specs): one BadInput line for unreadable or invalid files."""
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise BadInput(f"{what} {str(path)!r} is invalid: {exc}", hint) from None
+    raw = read_json(path, what, hint)
     return validate(model, raw, where=f"{what} {str(path)!r} is invalid", hint=hint)
+
+
+def read_npy(path: Path, what: str = "array", hint: str | None = None):
+    """A numeric ``.npy`` array (never pickles), or a one-line BadInput that says what the file is instead:
+    an ``.npz`` archive, a pickle (never loaded), a truncated or unrelated file."""
+    import numpy as np
+
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise BadInput(f"{what} {str(p)!r} does not exist", hint) from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {str(p)!r}: {os_error_text(exc)}", hint) from None
+    if head.startswith(b"PK"):
+        raise BadInput(f"{what} {str(p)!r} is an .npz archive, not a .npy array", hint)
+    if head[:1] == b"\x80":
+        raise BadInput(f"{what} {str(p)!r} is a Python pickle, not a .npy array (never loaded: it could run code)",
+                       hint)
+    if not head.startswith(b"\x93NUMPY"):
+        raise BadInput(f"{what} {str(p)!r} is not a .npy file", hint)
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BadInput(f"{what} {str(p)!r} is not a readable .npy array: {why}", hint) from None
+    if arr.dtype.kind not in "fiub":
+        raise BadInput(f"{what} {str(p)!r} holds {arr.dtype} values, not numbers", hint)
+    return arr
+
+
+# ---- output folders: preflight, lock, where to put what cannot be written -----------------------
+def os_error_text(exc: OSError) -> str:
+    """``exc`` as a short reason ('No space left on device'), without the path repeated."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+#: errno values that mean the user pointed at a place that cannot be written (bad input, exit 2);
+#: anything else while writing (a full disk, an I/O error) is a runtime failure (exit 3)
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT}
+
+
+def write_failure(exc: OSError, path: Path, what: str = "output", hint: str | None = None) -> RobauditError:
+    """A one-line error for a failed write: BadInput for a place that cannot be written, else RuntimeFailure."""
+    msg = f"cannot write {what} {str(path)!r}: {os_error_text(exc)}"
+    if exc.errno in _USER_ERRNOS:
+        return BadInput(msg, hint or "pass a path you can write to")
+    return RuntimeFailure(msg, hint or "free disk space or check the device, then re-run")
+
+
+def preflight_dir(folder: Path, what: str = "--out") -> Path:
+    """Check, before any compute, that ``folder`` can hold outputs: create it and write (then delete) a probe.
+
+    A read-only folder, a file in its place or a parent that is a file is BadInput (exit 2) now, instead
+    of a traceback after the work is done."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"{what} {str(folder)!r} is a file, not a folder", "pass a folder for the outputs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise BadInput(f"{what} {str(folder)!r} cannot be created: a part of its path is a file",
+                       "pass a folder path whose parents are folders") from None
+    except OSError as exc:
+        raise BadInput(f"{what} {str(folder)!r} cannot be created: {os_error_text(exc)}",
+                       "pass a folder you can write to") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".robaudit-probe-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"robaudit write probe\n")
+        finally:
+            Path(probe).unlink(missing_ok=True)
+    except OSError as exc:
+        raise BadInput(f"{what} {str(folder)!r} is not writable: {os_error_text(exc)}",
+                       "pass a folder you can write to, or fix its permissions") from None
+    return folder
+
+
+def preflight_file(path: Path, what: str = "--out") -> Path:
+    """Check that ``path`` can be written as a file: not a folder, its folder creatable and writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"{what} {str(p)!r} is a folder, not a file", f"pass a file path for {what}")
+    preflight_dir(p.parent, what=f"the folder of {what}")
+    return p
+
+
+def fallback_dirs(kind: str) -> list[Path]:
+    """Where to keep what cannot go where it was asked (crash logs, rescued perturbations), best first:
+    ``$ROBAUDIT_HOME/<kind>`` (default ~/.cache/robaudit), then the system temp folder."""
+    home = Path(os.environ.get("ROBAUDIT_HOME") or "~/.cache/robaudit").expanduser()
+    return [home / kind, Path(tempfile.gettempdir()) / f"robaudit-{kind}"]
+
+
+def keep_somewhere(kind: str, name: str, write) -> Path | None:
+    """``write(path)`` into the first usable :func:`fallback_dirs` folder; the path, or None if none worked."""
+    for folder in fallback_dirs(kind):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            write(path)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def stamp() -> str:
+    """``YYYYmmdd-HHMMSS-<pid>``: a file-name prefix unique per process and second."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+LOCK_NAME = ".robaudit.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    except OSError:
+        return True
+    return True
+
+
+class OutputLock:
+    """A lock file in an output folder holding pid, host and command, taken before any compute.
+
+    A second live run into the same folder is refused (BadInput, naming the first). A lock left by a
+    process that no longer runs on this host (SIGKILL, power loss) is taken over with a message, so
+    killing a run and re-running the same command keeps resuming. A lock from another host cannot be
+    checked and is refused with a hint to delete it. The lock file is created whole (hard link of a
+    written temporary file), so a reader never sees half a lock.
+    """
+
+    def __init__(self, folder: Path, what: str = "--out"):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.what = what
+        self.token = uuid.uuid4().hex
+        self.held = False
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _record(self) -> dict:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)[:500]}
+
+    def _create(self) -> bool:
+        """Create the lock file with our record; False if one exists."""
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f"{LOCK_NAME}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._record(), f)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this file system: exclusive create instead
+                try:
+                    fd2 = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd2, "w", encoding="utf-8") as f:
+                    json.dump(self._record(), f)
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def owner(self) -> dict | None:
+        """The current lock record, or None when there is none or it cannot be read."""
+        try:
+            rec = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def acquire(self) -> None:
+        for _ in range(5):
+            try:
+                if self._create():
+                    self.held = True
+                    return
+                rec = self.owner()
+                if rec is None and time.time() - self.path.stat().st_mtime < 10:
+                    time.sleep(0.2)  # being written by a process without hard links
+                    continue
+                self._take_over_or_refuse(rec)
+            except FileNotFoundError:  # the lock went away between two looks: try again
+                if not self.folder.is_dir():
+                    raise BadInput(f"{self.what} {str(self.folder)!r} does not exist") from None
+            except OSError as exc:
+                raise BadInput(f"cannot lock {self.what} {str(self.folder)!r}: {os_error_text(exc)}",
+                               "pass a folder you can write to") from None
+        raise BadInput(f"cannot lock {self.what} {str(self.folder)!r}: other runs keep taking it",
+                       f"pass another {self.what}")
+
+    def _take_over_or_refuse(self, rec: dict | None) -> None:
+        from robaudit.console import err
+
+        pid, host = (rec or {}).get("pid"), (rec or {}).get("host")
+        here = host == socket.gethostname()
+        if isinstance(pid, int) and (not here or _pid_alive(pid)):
+            since = f", since {rec['started']}" if rec.get("started") else ""
+            raise BadInput(f"{self.what} {str(self.folder)!r} is in use by another robaudit run (pid {pid} on "
+                           f"{host}{since})",
+                           f"wait for it, or pass another {self.what}; if no run uses it, delete {self.path}")
+        who = f"pid {pid} on {host}" if isinstance(pid, int) else "an unreadable lock"
+        err.print(f"[yellow]warning:[/] taking over the lock of an earlier run in {self.folder} ({who} no longer "
+                  "runs)", soft_wrap=True, highlight=False, markup=True)
+        stale = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}-{self.token[:8]}")
+        try:
+            os.rename(self.path, stale)  # only one of several contenders wins the rename
+            stale.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+
+    def release(self) -> None:
+        if self.held and (self.owner() or {}).get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+
+def write_crash_log(text: str) -> Path | None:
+    """Write a traceback to ``$ROBAUDIT_HOME/logs/`` (else the temp folder); the path, or None."""
+    return keep_somewhere("logs", f"{stamp()}-crash.log", lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def is_step_summary(path: str | Path) -> bool:

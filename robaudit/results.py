@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from robaudit.errors import BadInput
 from robaudit.io import read_json, validate
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: attacker strength (threat model, budget, selection, candidates)
 SCHEMA_PATH = Path(__file__).parent / "schema" / "result.schema.json"
 
 
@@ -105,6 +105,44 @@ class DataInfo(_Model):
     path: str | None = None
 
 
+class TrajectoryPoint(_Model):
+    """One check of v during a build: after ``images`` source images, ``seconds`` into the build."""
+
+    images: int
+    seconds: float
+    selection_rate: float = Field(description="success on the selection images (held out from the build)")
+    test_rate: float | None = Field(default=None, description="success of that v on the reported split "
+                                    "(measured after the build, never used to choose)")
+
+
+class SelectionInfo(_Model):
+    """How the reported v was chosen among the v's a build went through."""
+
+    split: str = Field(description="'val' or 'train' of the audited task (never the reported split), or "
+                       "'held-out photos' (zero-knowledge: scored on the surrogate)")
+    n: int
+    every: int = Field(description="images between checks")
+    patience: int | None = None
+    best_rate: float
+    best_at: int = Field(description="images seen when the chosen v was reached")
+    final_rate: float | None = Field(default=None, description="selection rate of the last v of the build")
+    plateau: bool = Field(default=False, description="the build stopped early: no gain in `patience` checks")
+    trajectory: list[TrajectoryPoint] = Field(default_factory=list)
+
+
+class Candidate(_Model):
+    """One build of a strongest-of attack (``--method best`` or restarts)."""
+
+    method: str
+    seed: int
+    selection_rate: float | None = None
+    source_fooling_rate: float | None = None
+    images_seen: int | None = None
+    seconds: float | None = None
+    chosen: bool = False
+    skipped: str | None = Field(default=None, description="why this candidate was not run")
+
+
 class AttackInfo(_Model):
     kind: Literal["uap", "per-sample"]
     method: str
@@ -131,6 +169,11 @@ class AttackInfo(_Model):
     uap_norm: float | None = Field(default=None, description="achieved Lp norm of the perturbation")
     source_fooling_rate: float | None = None
     interrupted: bool = False
+    threat_model: Literal["white-box natural", "zero-knowledge surrogate", "training images", "other"] | None = None
+    surrogate: str | None = Field(default=None, description="the model the UAP was built on, when not the audited one")
+    budget: int | None = Field(default=None, description="augmented source images drawn (None: plain passes)")
+    selection: SelectionInfo | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
 
 
 class EpsilonResult(_Model):
@@ -201,7 +244,31 @@ def load_result(path: str | Path) -> Result:
 
 def validate_result(raw: Any, where: str, hint: str | None = None) -> Result:
     """One result document validated against the schema (BadInput naming ``where`` on failure)."""
+    check_schema_version(raw, where)
     return validate(Result, raw, where=f"{where} does not match result schema {SCHEMA_VERSION}", hint=hint)
+
+
+def _major_minor(version: Any) -> tuple[int, int] | None:
+    parts = str(version).split(".")
+    if len(parts) not in (1, 2, 3) or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+
+
+def check_schema_version(raw: Any, where: str) -> None:
+    """Refuse a result written by a newer robaudit (a schema MAJOR.MINOR above :data:`SCHEMA_VERSION`):
+    its fields may change what the numbers mean, and grading or gating it as if they did not could pass
+    a model that should fail."""
+    if not isinstance(raw, dict) or "schema_version" not in raw:
+        return
+    version = raw["schema_version"]
+    got = _major_minor(version)
+    if got is None:
+        raise BadInput(f"{where} has schema_version {version!r}, not MAJOR.MINOR",
+                       "regenerate it with robaudit")
+    if got > _major_minor(SCHEMA_VERSION):
+        raise BadInput(f"{where} uses result schema {version}, newer than this robaudit reads "
+                       f"({SCHEMA_VERSION})", "upgrade robaudit (pip install -U robaudit) to read it")
 
 
 def json_schema() -> dict[str, Any]:

@@ -58,14 +58,19 @@ def data_root(required: bool = True) -> Path | None:
 
 
 def home() -> Path:
-    """The robaudit home ($ROBAUDIT_HOME, default ~/.cache/robaudit); created on demand."""
-    path = Path(os.environ.get("ROBAUDIT_HOME", "~/.cache/robaudit")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    """The robaudit home ($ROBAUDIT_HOME, default ~/.cache/robaudit); created on demand (BadInput when it cannot be)."""
+    return _folder(Path(os.environ.get("ROBAUDIT_HOME", "~/.cache/robaudit")).expanduser())
+
+
+def _folder(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"the robaudit home {str(path)!r} cannot hold robaudit's files: {exc.strerror or exc}",
+                       "point ROBAUDIT_HOME at a folder you can write to (or unset it)") from None
     return path
 
 
 def model_store() -> Path:
     """Folder of trained models (safetensors weights + JSON cards)."""
-    path = home() / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _folder(home() / "models")

@@ -25,6 +25,8 @@ eval_limit = 64
 source_limit = 64
 max_iter = 1
 device = "cpu"
+augment = false
+select = "none"
 """
 
 
@@ -56,8 +58,10 @@ def test_packaged_recipes_validate():
     assert "random" not in paper.sources  # the random control is part of every cell
     classes = {"skin": 7, "retina-referable": 2, "pneumonia": 2}
     cells = paper.cells(lambda m: [0] * classes[m.split("_")[0]])
-    # per model: 2 sources x 2 norms x 3 zetas x (1 non-targeted + n_classes targeted)
-    assert len(cells) == sum(2 * 2 * 3 * (1 + classes[m.split("_")[0]]) for m in paper.model_names())
+    # per model: 2 sources x 2 norms x 3 zetas x (1 non-targeted + n_classes targeted), plus the zero-knowledge
+    # cells: the photo source x 2 norms x 3 zetas on the public ImageNet model
+    assert len(cells) == sum(2 * 2 * 3 * (1 + classes[m.split("_")[0]]) + 2 * 3 for m in paper.model_names())
+    assert sum(c.surrogate == "pretrained" for c in cells) == 18 * 6 and paper.budget == 100000
 
 
 def test_recipe_errors(tmp_path):

@@ -1,40 +1,35 @@
-"""``robaudit demo`` on a reduced setting, and its offline data fallbacks."""
+"""``robaudit demo`` on a reduced setting: the embedded chest X-rays with no data root, offline."""
 
 from __future__ import annotations
 
 import json
 
 from robaudit import settings
-from robaudit.data import load_task
 from robaudit.demo import choose_data, run_demo
 
 
-def test_demo_small_runs_end_to_end(tmp_path, data_root):
-    doc, choice, paths = run_demo(tmp_path / "demo", small=True, device="cpu", quiet=True, allow_download=False)
-    assert choice.task == "pneumonia" and choice.source == "imagenet" and "data root" in choice.why
-    # 2 models (ImageNet init, random init) x 2 sources (imagenet, train) x (non-targeted + targeted 'normal')
-    assert doc["counts"]["cells"] == 8 and doc["counts"]["failed"] == 0
-    targets = {c["attack"]["target_name"] for c in doc["cells"]}
-    assert targets == {None, "normal"}
-    assert {c["model"]["init"] for c in doc["cells"]} == {"imagenet", "random"}
+def test_demo_small_runs_on_the_embedded_data_without_a_data_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("ROBAUDIT_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no MedMNIST cache either: only what ships in the package
+    settings.set_data_root(None)
+    doc, choice, paths = run_demo(tmp_path / "demo", small=True, device="cpu", quiet=True)
+    assert choice.task == "pneumonia-mini" and choice.source == "natural" and "Kermany" in choice.why
+    # 2 models (ImageNet init, random init) x [natural (+ targeted 'normal'), train (+ targeted)] + 2 zero-knowledge
+    assert doc["counts"] == {"cells": 10, "done": 10, "failed": 0, "cached": 0}
+    cells = doc["cells"]
+    assert {c["attack"]["threat_model"] for c in cells} == {"white-box natural", "zero-knowledge surrogate",
+                                                             "training images"}
+    assert {c["attack"]["target_name"] for c in cells} == {None, "normal"}
+    assert {c["model"]["init"] for c in cells} == {"imagenet", "random"}
+    assert all(c["data"]["name"] == "pneumonia-mini" and c["data"]["n"] == 96 for c in cells)
+    natural = [c for c in cells if c["attack"]["source"] == "natural"]
+    assert all(c["attack"]["budget"] == 256 and c["attack"]["selection"]["trajectory"] for c in natural)
     html = paths["html"].read_text()
-    assert "pneumonia" in html and "data root" in json.dumps(json.loads((tmp_path / "demo" / "audit.json")
-                                                                        .read_text())["notes"])
+    assert "pneumonia-mini" in html and "Attack strength vs the attacker" in html and "Zero-knowledge" in html
+    assert "Kermany" in json.dumps(json.loads((tmp_path / "demo" / "audit.json").read_text())["notes"])
     assert paths["md"].is_file()
 
 
-def test_bundled_medical_fallback_without_data_root(tmp_path, monkeypatch):
-    monkeypatch.delenv("ROBAUDIT_DATA", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no MedMNIST cache either
-    monkeypatch.setenv("ROBAUDIT_HOME", str(tmp_path / "home"))
-    settings.set_data_root(None)
-    try:
-        choice = choose_data(allow_download=False)
-        assert choice.task == "modality" and "inside installed wheels" in choice.why
-        assert choice.source == "natural"
-        task = load_task("modality")
-        assert task.num_classes >= 3 and task.count("train") > 300
-        x, y = task.tensors("test", size=32, limit=16)
-        assert x.shape == (16, 3, 32, 32) and len(set(y.tolist())) >= 2
-    finally:
-        settings.set_data_root(None)
+def test_demo_on_a_data_root_task_uses_its_imagenet_photos(data_root):
+    choice = choose_data("pneumonia")
+    assert choice.task == "pneumonia" and choice.target == "normal" and choice.source == "imagenet"

@@ -32,6 +32,7 @@ batch_size = 8
 controls = 2
 device = "cpu"
 transfer_eval = false
+select = "none"
 """
 
 

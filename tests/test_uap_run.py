@@ -13,9 +13,11 @@ from robaudit.eval.run import run_uap
 from robaudit.specs import make_spec
 
 MODEL = "pneumonia_tf_efficientnet_lite0"
-#: CPU-sized published setting: zeta 4%, 300 ImageNet photos, 300 test images, 10 control draws
+#: CPU-sized published setting: zeta 4%, 300 ImageNet photos, 300 test images, 10 control draws; plain passes
+#: over the photos and the last v (release 0.2's attacker: these figures were measured with it)
 COMMON = dict(source="imagenet", zeta=0.04, source_limit=300, eval_limit=300, max_iter=3, controls=10,
-              device="cpu", seed=0)
+              device="cpu", seed=0, augment=False, select="none")
+PLAIN = ["--no-augment", "--select", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_targeted_uap_beats_random_control(finetuned, tmp_path):
 
 def test_outputs_and_schema(nontargeted):
     jsonschema = pytest.importorskip("jsonschema")
-    from robaudit.results import SCHEMA_PATH, json_schema
+    from robaudit.results import SCHEMA_PATH, SCHEMA_VERSION, json_schema
 
     run, out = nontargeted
     for f in ("result.json", "spec.json", "uap.npy", "uap.png", "examples.png", "predictions.npz"):
@@ -71,7 +73,7 @@ def test_outputs_and_schema(nontargeted):
     jsonschema.validate(doc, json.loads(SCHEMA_PATH.read_text()))
     assert json.loads(SCHEMA_PATH.read_text()) == json.loads(json.dumps(json_schema())), \
         "schema file is stale: run python -m robaudit.results"
-    assert doc["schema_version"] == "1.0" and doc["attack"]["kind"] == "uap" and doc["attack"]["clip"] is True
+    assert doc["schema_version"] == SCHEMA_VERSION and doc["attack"]["kind"] == "uap" and doc["attack"]["clip"]
     v = np.load(out / "uap.npy")
     assert v.shape == (1, 3, 64, 64) and np.abs(v).max() == pytest.approx(doc["attack"]["eps"], rel=1e-3)
     with np.load(out / "predictions.npz") as z:
@@ -89,7 +91,7 @@ def test_same_seed_same_perturbation(finetuned, tmp_path):
 def test_cli_json_prints_only_json(finetuned, tmp_path, capsys):
     code = main(["uap", "--model", MODEL, "--source", "natural", "--source-limit", "32", "--eval-limit", "32",
                  "--max-iter", "1", "--controls", "2", "--norm", "linf", "--zeta", "0.02", "--device", "cpu",
-                 "--no-report", "--out", str(tmp_path), "--json"])
+                 "--no-report", "--out", str(tmp_path), "--json", *PLAIN])
     out = capsys.readouterr().out
     assert code == 0
     doc = json.loads(out)
@@ -102,7 +104,7 @@ def test_interrupt_keeps_partial_and_resumes(finetuned, tmp_path, capsys, monkey
     import robaudit.attacks.uap.state as engine
 
     args = ["uap", "--model", MODEL, "--source", "imagenet", "--source-limit", "96", "--eval-limit", "32",
-            "--max-iter", "2", "--controls", "1", "--device", "cpu", "--no-report", "--out", str(tmp_path)]
+            "--max-iter", "2", "--controls", "1", "--device", "cpu", "--no-report", "--out", str(tmp_path), *PLAIN]
     real_tick, calls = engine.UAPState.tick, {"n": 0}
 
     def tick(self, n, fooled=0):

@@ -18,8 +18,8 @@ from robaudit.audit.ray_executor import run_cells_ray
 from robaudit.audit.recipes import AuditRecipe, load_recipe, recipe_names
 from robaudit.audit.tables import AUDIT_KIND, build_audit_doc, transfer_matrices
 from robaudit.console import progress, warn
-from robaudit.errors import BadInput
-from robaudit.io import atomic_write_text, write_json
+from robaudit.errors import BadInput, RuntimeFailure
+from robaudit.io import OutputLock, atomic_write_text, preflight_dir, write_json
 from robaudit.models import load_model
 from robaudit.models.store import is_trained, model_dir, read_card
 from robaudit.models.train import TrainConfig, check_trainable, train_model
@@ -61,12 +61,31 @@ def run_audit(recipe: AuditRecipe, out_dir: Path, *, recipe_text: str = "", resu
               address: str | None = None, notes: list[str] | None = None) -> dict:
     """Run (or resume) every cell of ``recipe`` into ``out_dir`` and return the audit document.
 
-    ``notes``: lines for the document's ``notes`` (e.g. which data was used and why)."""
+    ``notes``: lines for the document's ``notes`` (e.g. which data was used and why).
+
+    ``out_dir`` is checked and locked before any training or attack (a second audit into it is refused).
+    Failed cells are recorded and the audit carries on; when every cell failed there is nothing to report
+    and a RuntimeFailure (exit 3) says so, after audit.json is written."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any((out_dir / "cells").glob("*/result.json")) and not resume:
         raise BadInput(f"{out_dir} already holds audit cells", "pass --resume to reuse them, or another --out")
+    preflight_dir(out_dir)
+    with OutputLock(out_dir):
+        doc = _run_locked(recipe, out_dir, recipe_text, resume, train_missing, quiet, executor, address, notes)
+    counts = doc["counts"]
+    if counts["cells"] and counts["failed"] == counts["cells"]:
+        first = doc["failed"][0]["error"] if doc.get("failed") else "unknown"
+        raise RuntimeFailure(f"every cell of audit {recipe.name!r} failed ({counts['cells']} of {counts['cells']}); "
+                             f"the first: {first}", f"see {out_dir / 'audit.json'} and cells/*/error.json")
+    if counts["failed"]:
+        warn(f"{counts['failed']} of {counts['cells']} cells failed; they are listed in {out_dir / 'audit.json'} "
+             "(table 5, failed cells) and the tables cover the rest")
+    return doc
+
+
+def _run_locked(recipe: AuditRecipe, out_dir: Path, recipe_text: str, resume: bool, train_missing: bool, quiet: bool,
+                executor: str, address: str | None, notes: list[str] | None) -> dict:
     ensure_models(recipe, train_missing, quiet)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if recipe_text:
         atomic_write_text(out_dir / "recipe.toml", recipe_text)
     cells = [make_cell(s, out_dir) for s in recipe.cells(classes_of)]

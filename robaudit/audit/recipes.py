@@ -10,12 +10,12 @@ import importlib.resources
 import itertools
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from robaudit.errors import BadInput, unknown_name
-from robaudit.io import validate
+from robaudit.io import read_text, validate
 from robaudit.models.zoo import model_name
 from robaudit.specs import UAPSpec
 
@@ -25,6 +25,20 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "attacks"
+
+
+def _as_in_spec(name: str):
+    """The type and bounds of ``UAPSpec.<name>``: a recipe accepts exactly the values ``robaudit uap`` accepts,
+    and a bad one is refused when the recipe loads, not as a ValidationError when its cells expand."""
+    f = UAPSpec.model_fields[name]
+    return Annotated[(f.annotation, *f.metadata)]
+
+
+Controls = _as_in_spec("controls")
+EvalLimit = _as_in_spec("eval_limit")
+SourceLimit = _as_in_spec("source_limit")
+MaxIter = _as_in_spec("max_iter")
+BatchSize = _as_in_spec("batch_size")
 
 
 class _Strict(BaseModel):
@@ -73,16 +87,16 @@ class AuditRecipe(_Strict):
     sources: list[str] = Field(default_factory=lambda: ["imagenet", "train"])
     norms: list[Literal["linf", "l2"]] = Field(default_factory=lambda: ["l2"])
     zetas: list[float] = Field(default_factory=lambda: [0.04])
-    methods: list[Literal["fgsm", "deepfool", "sgd"]] = Field(default_factory=lambda: ["fgsm"])
+    methods: list[Literal["fgsm", "deepfool", "sgd", "best"]] = Field(default_factory=lambda: ["fgsm"])
     mode: Literal["batched", "reference"] = "batched"
     targets: Literal["none", "all"] | list[str | int] = "none"
     targeted_also_untargeted: bool = Field(True, description="with targets: also run the non-targeted cells")
-    controls: int = Field(10, ge=0)
+    controls: Controls = 10
     split: str = "test"
-    eval_limit: int | None = Field(None, ge=1)
-    source_limit: int | None = Field(None, ge=1)
-    max_iter: int | None = Field(None, ge=1)
-    batch_size: int = Field(32, ge=1)
+    eval_limit: EvalLimit = None
+    source_limit: SourceLimit = None
+    max_iter: MaxIter = None
+    batch_size: BatchSize = 32
     clip: bool = True
     seed: int = 0
     seeds: list[int] = Field(default_factory=list, description="repeat every cell for each seed")
@@ -90,6 +104,15 @@ class AuditRecipe(_Strict):
     transfer_eval: bool = True
     train: TrainSettings = Field(default_factory=TrainSettings)
     per_sample: list[PerSampleSpec] = Field(default_factory=list)
+    augment: bool = Field(True, description="photo sources as augmented streams up to `budget` (see robaudit uap)")
+    budget: int | None = Field(None, ge=1, description="augmented photos drawn per cell (default: by device)")
+    select: Literal["val", "train", "none"] = "val"
+    select_limit: int = Field(200, ge=8)
+    patience: int | None = Field(6, ge=1)
+    restarts: int = Field(1, ge=1, le=20)
+    surrogates: list[str] = Field(default_factory=list, description="zero-knowledge cells: for every model and "
+                                  "photo source, a non-targeted UAP built on each surrogate ('pretrained' = the public "
+                                  "ImageNet model of the model's arch, or a zoo name / checkpoint)")
 
     @field_validator("zetas")
     @classmethod
@@ -127,16 +150,32 @@ class AuditRecipe(_Strict):
                 targets = list(self.targets)
             if self.targets != "none" and self.targeted_also_untargeted:
                 targets = [None] + targets
-            for target in targets:
-                specs.append(UAPSpec(
+            for target in targets:  # validated as the CLI validates a run: one BadInput line, never a traceback
+                specs.append(validate(UAPSpec, dict(
                     model=name if ckpt is None else None, checkpoint=ckpt.path if ckpt else None,
                     arch=ckpt.arch if ckpt else None, data=ckpt.data if ckpt else None, split=self.split,
                     eval_limit=self.eval_limit, source=source, source_limit=self.source_limit, norm=norm, zeta=zeta,
                     method=method, mode=self.mode if method == "fgsm" else "batched",
                     target=None if target is None else str(target), max_iter=self.max_iter,
                     batch_size=self.batch_size, controls=self.controls, clip=self.clip, seed=seed,
-                    device=self.device))
+                    device=self.device, **self._attacker()),
+                    where=f"recipe {self.name!r}, cell {name} {source} {norm} z={zeta:g}"))
+            if source != "train":  # zero-knowledge cells: the same attack built on each surrogate, never targeted
+                for surrogate in self.surrogates:
+                    specs.append(validate(UAPSpec, dict(
+                        model=name if ckpt is None else None, checkpoint=ckpt.path if ckpt else None,
+                        arch=ckpt.arch if ckpt else None, data=ckpt.data if ckpt else None, split=self.split,
+                        eval_limit=self.eval_limit, source=source, source_limit=self.source_limit, norm=norm,
+                        zeta=zeta, method=method, mode=self.mode if method == "fgsm" else "batched",
+                        max_iter=self.max_iter, batch_size=self.batch_size, controls=self.controls, clip=self.clip,
+                        seed=seed, device=self.device, **self._attacker(), surrogate=surrogate),
+                        where=f"recipe {self.name!r}, surrogate cell {name} {source} {surrogate}"))
         return specs
+
+    def _attacker(self) -> dict:
+        """The attacker settings every cell shares (photo budget, selection, restarts)."""
+        return dict(augment=self.augment, budget=self.budget, select=self.select, select_limit=self.select_limit,
+                    patience=self.patience, restarts=self.restarts)
 
 
 def recipe_names() -> list[str]:
@@ -170,7 +209,7 @@ def load_recipe(name_or_path: str | Path) -> tuple[AuditRecipe, str]:
             if path.suffix == ".toml":
                 raise BadInput(f"recipe file {str(path)!r} does not exist")
             raise unknown_name("recipe", str(name_or_path), recipe_names(), "or pass a path to a .toml recipe")
-    text = path.read_text()
+    text = read_text(path, "recipe", "save the recipe as UTF-8 TOML")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -44,7 +44,7 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
     for c in done:
         a = c.result.attack
         recipe_key = (c.result.model.task, c.result.model.arch, a.source, a.norm, round(a.zeta, 6), a.method,
-                      a.target, a.seed)
+                      a.target, a.seed, a.surrogate)
         by_setting[recipe_key].append(c)
     for key, group in by_setting.items():
         base = [c for c in group if c.result.model.init == "imagenet" and c.result.model.transfer == "full"]
@@ -76,7 +76,7 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
         if a.targeted:
             continue
         k = (c.result.model.name, a.norm, round(a.zeta, 6), a.method)
-        by_model_setting[k][a.source] = c.rate.value
+        by_model_setting[k][a.source + (" (zero-knowledge)" if a.surrogate else "")] = c.rate.value
         if c.result.control:
             by_model_setting[k]["random control"] = c.result.control.fooling_rate.value
     source_cols = sorted({s for d in by_model_setting.values() for s in d if s != "random control"})
@@ -132,7 +132,7 @@ def transfer_matrices(done: list[Cell], recipe: AuditRecipe) -> list[dict]:
     groups = defaultdict(list)
     for c in done:
         a = c.result.attack
-        if not a.targeted:
+        if not a.targeted and not a.surrogate:  # a surrogate's v does not depend on the audited model
             groups[(c.result.data.name, a.source, a.norm, round(a.zeta, 6), a.method, a.seed)].append(c)
     out = []
     models_cache: dict = {}

@@ -36,9 +36,11 @@ def write_reports_best_effort(results: Result | AuditInput, out_dir: Path, kept:
 def print_uap_summary(result: Result, out_dir: Path | None = None) -> None:
     """A table: UAP vs random control with intervals and the paired test, plus where files went."""
     a, m = result.attack, result.metrics
-    title = (f"{result.model.name} | {a.method}/{a.mode or '-'} {a.norm} zeta={a.zeta:.3%} eps={a.eps:.4g} | "
-             f"source {a.source} (n={a.source_n}) | {result.data.name} {result.data.split} n={result.data.n}"
-             f" | {'clip' if a.clip else 'no clip'}")
+    source = f"{a.budget} augmented views of {a.source}" if a.budget else f"{a.source} (n={a.source_n})"
+    title = (f"{result.model.name} | {a.threat_model or 'uap'} | {a.method}/{a.mode or '-'} {a.norm} "
+             f"zeta={a.zeta:.3%} eps={a.eps:.4g} | source {source}"
+             + (f" on {a.surrogate}" if a.surrogate else "")
+             + f" | {result.data.name} {result.data.split} n={result.data.n} | {'clip' if a.clip else 'no clip'}")
     t = Table(title=title, title_justify="left")
     for col in ("metric", "UAP", "95% CI", "random control (mean of draws)", "control CI"):
         t.add_column(col)
@@ -53,6 +55,12 @@ def print_uap_summary(result: Result, out_dir: Path | None = None) -> None:
         t.add_row("  clean rate of target", pct(ts.clean_rate), "", "", "")
     t.add_row("accuracy clean -> adversarial", f"{pct(m.clean_accuracy)} -> {pct(m.adv_accuracy)}", "", "", "")
     err.print(t)
+    if a.selection is not None:
+        s = a.selection
+        ran = [c for c in a.candidates if c.skipped is None]
+        err.print(f"v chosen on {s.n} {s.split} images: {pct(s.best_rate)} after {s.best_at} source images"
+                  + (f" (last v {pct(s.final_rate)})" if s.final_rate is not None else "")
+                  + (f"; strongest of {', '.join(f'{c.method}/{c.seed}' for c in ran)}" if len(ran) > 1 else ""))
     if result.comparison:
         err.print(f"UAP vs control: {result.comparison.test}, p = {result.comparison.p_value:.3g}; "
                   f"built in {a.seconds:.1f} s on {a.device}")

@@ -63,11 +63,14 @@ def attack(
     from robaudit.attacks.persample import run_attack
     from robaudit.commands._shared import default_out_dir, print_attack_summary, write_reports_best_effort
     from robaudit.console import print_json
-    from robaudit.io import atomic_write_text
+    from robaudit.errors import RuntimeFailure
+    from robaudit.io import atomic_write_text, keep_somewhere, os_error_text, preflight_dir, stamp
     from robaudit.models import load_model_and_task
 
     lm, task = load_model_and_task(model, checkpoint=checkpoint, arch=arch, device=device,
                                    trust_checkpoint=trust_checkpoint, data=data)
+    out_dir = out or default_out_dir(lm.card.name, spec.name, backend)
+    preflight_dir(out_dir)  # before the attack: an unwritable --out is bad input now, not lost work later
     size = lm.card.input_size
     target_idx = lm.resolve_target(target)
     x, y = task.tensors(split, size=size, limit=n, seed=seed)
@@ -76,9 +79,13 @@ def attack(
                         batch_size=batch_size, seed=seed, model_info=lm.info(),
                         data_info=task.data_info(split, len(x)), quiet=json_out)
     result.command = command_line() or None
-    out_dir = out or default_out_dir(lm.card.name, spec.name, backend)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "result.json", result.model_dump_json(indent=2))
+    text = result.model_dump_json(indent=2)
+    try:
+        atomic_write_text(out_dir / "result.json", text)
+    except OSError as exc:  # the numbers are kept elsewhere, and the message says where
+        kept = keep_somewhere("rescued", f"{stamp()}-result.json", lambda p: atomic_write_text(p, text))
+        raise RuntimeFailure(f"cannot write {out_dir / 'result.json'}: {os_error_text(exc)}; "
+                             + (f"the result is kept in {kept}" if kept else "it could not be kept anywhere")) from None
     if not no_report:
         write_reports_best_effort(result, out_dir, out_dir / "result.json")
     if json_out:

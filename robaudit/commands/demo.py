@@ -12,14 +12,16 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports/demo"),
     small: Annotated[bool, typer.Option("--small", help="A reduced setting (CI smoke test).")] = False,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never try to download data.")] = False,
+    data: Annotated[Optional[str], typer.Option(
+        help="A task of your data root instead of the embedded chest X-rays (pneumonia-mini).")] = None,
 ) -> None:
-    """Train a transfer-learned model and its random-init twin, attack them with UAPs, write reports."""
+    """Fine-tune a model and train its random-init twin on real chest X-rays (embedded, offline), attack them
+    with natural-photo and training-image UAPs, and write the reports."""
     from robaudit.commands._shared import print_audit_summary
     from robaudit.console import err
     from robaudit.demo import run_demo
 
-    doc, choice, paths = run_demo(out, small=small, device=device, allow_download=not offline)
+    doc, choice, paths = run_demo(out, small=small, device=device, data=data)
     print_audit_summary(doc)
-    err.print(f"[bold]data used:[/] {choice.task} — {choice.why}")
+    err.print(f"[bold]data used:[/] {choice.why}")
     err.print(f"[green]report:[/] [bold]{paths.get('html')}[/]  (Markdown: {paths.get('md')})")

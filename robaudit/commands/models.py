@@ -18,13 +18,13 @@ def list_(
     """Show zoo recipes (task x arch x init) and which are trained in the store."""
     from rich.table import Table
 
-    from robaudit import settings
     from robaudit.console import err, print_json
     from robaudit.data.cards import TASK_FLAGS
-    from robaudit.models.store import read_card, trained_names
+    from robaudit.models.store import read_card, store_root, trained_names
     from robaudit.models.zoo import model_name
 
-    trained = {n: read_card(settings.model_store() / n / "card.json") for n in trained_names()}
+    store = store_root()  # a ROBAUDIT_HOME that cannot hold the store is one BadInput line
+    trained = {n: read_card(store / n / "card.json") for n in trained_names()}
     rows = []
     for task in TASK_FLAGS:
         for arch in ZOO_ARCHS:
@@ -39,9 +39,9 @@ def list_(
         r["test_accuracy"] = c.metrics.get("test_accuracy") if c else None
         r["input_size"] = c.input_size if c else None
     if json_out:
-        print_json({"store": str(settings.model_store()), "models": rows})
+        print_json({"store": str(store), "models": rows})
         return
-    table = Table(title=f"Model zoo (store: {settings.model_store()}); any timm arch works as <task>_<arch>")
+    table = Table(title=f"Model zoo (store: {store}); any timm arch works as <task>_<arch>")
     for col in ("name", "task", "arch", "init / transfer", "trained", "size", "test acc"):
         table.add_column(col)
     for r in sorted(rows, key=lambda r: (not r["trained"], r["name"])):

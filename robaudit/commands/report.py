@@ -27,7 +27,7 @@ def report(
     from robaudit.console import info, print_json
     from robaudit.errors import BadInput
     from robaudit.grading import load_input
-    from robaudit.io import is_step_summary
+    from robaudit.io import is_step_summary, preflight_file, write_failure
     from robaudit.report import SUFFIX, build_report, check_formats, render, report_json, write_report
 
     (fmt,) = check_formats([fmt])
@@ -44,11 +44,15 @@ def report(
     path = out if out is not None else result.parent / f"report{SUFFIX[fmt]}"
     if path.is_dir():
         path = path / f"report{SUFFIX[fmt]}"
-    if fmt == "md" and is_step_summary(path):
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(render(rep, "md"))
-        written = path
-    else:
-        written = write_report(rep, fmt, path)
+    preflight_file(path, "--out")  # a parent that is a file, or no write access: one line, not a traceback
+    try:
+        if fmt == "md" and is_step_summary(path):
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(render(rep, "md"))
+            written = path
+        else:
+            written = write_report(rep, fmt, path)
+    except OSError as exc:
+        raise write_failure(exc, path, "the report") from None
     info(f"[bold]{rep.severity.upper()}[/]: {escape(rep.verdict)}")
     info(f"wrote {escape(str(written))}")

@@ -24,11 +24,29 @@ def uap(
     zeta: Annotated[Optional[float], typer.Option(help="eps / mean Lp norm of the task's images (default 0.04).")]
     = None,
     eps: Annotated[Optional[float], typer.Option(help="Absolute eps in [0,1] pixel units.")] = None,
-    method: Annotated[str, typer.Option(help="fgsm (published), deepfool or sgd.")] = "fgsm",
+    method: Annotated[str, typer.Option(help="fgsm (published), sgd, deepfool, or best (the strongest of fgsm and "
+                                             "sgd, and deepfool when affordable, by the selection split).")] = "fgsm",
     mode: Annotated[str, typer.Option(help="batched (fast) or reference (ART's exact sequential loop).")]
     = "batched",
     target: Annotated[Optional[str], typer.Option(help="Targeted UAP: class index or name.")] = None,
-    max_iter: Annotated[Optional[int], typer.Option(help="Passes over the source.")] = None,
+    max_iter: Annotated[Optional[int], typer.Option(help="Passes over the source (plain sources; a stream: 1).")]
+    = None,
+    budget: Annotated[Optional[int], typer.Option(
+        help="Augmented photos the attacker draws (random-resized crops, flips). Default: 2000 on CPU, 50000 "
+             "on CUDA.")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment",
+                                          help="Stream photo sources as augmented views up to --budget.")] = True,
+    select: Annotated[str, typer.Option(help="Choose v during the build on: val (default; train if the task "
+                                             "has no val), train, or none (the blind attacker's last v).")] = "val",
+    select_limit: Annotated[int, typer.Option(help="Selection images.")] = 200,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N selection checks without gain.")] = 6,
+    restarts: Annotated[int, typer.Option(help="Builds per method (seeds seed, seed+1, ...); the best is kept.")]
+    = 1,
+    surrogate: Annotated[Optional[str], typer.Option(
+        help="Zero-knowledge: build v on 'pretrained' (the public ImageNet model of the audited arch), a zoo "
+             "name or a checkpoint; the audited model is first used after v is fixed.")] = None,
+    weights_file: Annotated[Optional[Path], typer.Option(
+        help="ImageNet weights for --surrogate pretrained when the arch has none offline.")] = None,
     step_size: Annotated[Optional[float], typer.Option(
         help="Step size in [0,1] pixel units (batched fgsm: the first step of the linear schedule; "
              "default twice eps/10 for linf, eps/sqrt(d)/10 for l2).")] = None,
@@ -53,13 +71,10 @@ def uap(
     """Build a UAP from SOURCE and evaluate it on the task's test split against random controls."""
     import json
 
-    import numpy as np
-    import torch
-
     from robaudit.attacks.uap.group import is_main
     from robaudit.commands._shared import default_out_dir, print_uap_summary, write_reports_best_effort
     from robaudit.console import print_json
-    from robaudit.errors import BadInput
+    from robaudit.eval.artifacts import load_perturbation
     from robaudit.eval.run import run_uap
     from robaudit.specs import make_spec
 
@@ -68,13 +83,12 @@ def uap(
                      source_limit=source_limit, norm=norm, zeta=zeta, eps=eps, method=method, mode=mode,
                      target=target, max_iter=max_iter, step_size=step_size, batch_size=batch_size,
                      controls=controls, control_kind=control_kind, clip=clip, seed=seed, device=device,
-                     workers=workers, amp=amp)
+                     workers=workers, amp=amp, budget=budget, augment=augment, select=select,
+                     select_limit=select_limit, patience=patience, restarts=restarts, surrogate=surrogate,
+                     weights_file=str(weights_file) if weights_file else None)
     init_v = None
-    if init is not None:
-        try:
-            init_v = torch.from_numpy(np.load(init)).float()
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"cannot read --init {str(init)!r}: {exc}") from None
+    if init is not None:  # an .npz, a pickle or garbage is one BadInput line (never executed)
+        init_v = load_perturbation(init, "--init", "pass the uap.npy a run wrote (or the rescued -uap.npy)")
     name = spec.model or Path(spec.checkpoint or "model").stem
     out_dir = out or default_out_dir(name, spec.source, spec.cache_key()[:6])
     run = run_uap(spec, out_dir=out_dir, quiet=json_out, init=init_v)

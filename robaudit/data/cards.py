@@ -31,6 +31,11 @@ class DatasetCard(BaseModel):
 
     @model_validator(mode="after")
     def _check_view(self) -> DatasetCard:
+        # class names become report rows and --target values: blank or repeated names make both ambiguous
+        if any(not n.strip() for n in self.label_names):
+            raise ValueError("label_names must not be blank")
+        if len(set(self.label_names)) != len(self.label_names):
+            raise ValueError("label_names must be distinct")
         if self.binary_view and not 0 < self.binary_view.positive_from_label < len(self.label_names):
             raise ValueError("binary_view.positive_from_label must split the label range")
         return self

@@ -21,16 +21,27 @@ def is_image_file(path: Path) -> bool:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode one file to uint8 RGB (H, W, 3); DICOM goes through its modality LUT and VOI window."""
+    """Decode one file to uint8 RGB (H, W, 3); DICOM goes through its modality LUT and VOI window.
+
+    Every failure is a :class:`DecodeError`: truncated or corrupt files, and images that declare more
+    pixels than PIL's ``MAX_IMAGE_PIXELS`` (a decompression bomb: a few bytes that would decode to
+    gigabytes). PIL only warns between one and two times the limit; here that is refused too."""
     if path.suffix.lower() in DICOM_EXTS:
         return read_dicom(path)
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return np.asarray(im.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DecodeError(f"{path}: declares more than {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)"
+                          ) from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, MemoryError) as exc:
         raise DecodeError(f"{path}: {exc}") from None
 
 

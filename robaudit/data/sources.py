@@ -71,9 +71,17 @@ class ImageSource:
         """
 
         transform = photo_transform(size, self.grayscale)
-        if workers > 0:
-            yield from self._chunks_workers(size, chunk_size, strict, workers, transform)
-            return
+        yielded = 0
+        chunks = self._chunks_workers(size, chunk_size, strict, workers, transform) if workers > 0 else \
+            self._chunks_here(chunk_size, strict, transform)
+        for x in chunks:
+            yielded += len(x)
+            yield x
+        if not yielded and self.items:  # one bad photo of 100k is skipped; a source of only bad ones is bad input
+            raise BadInput(f"source {self.name!r} has no decodable images ({len(self.items)} tried, all failed)",
+                           "check the files (truncated, not images, or larger than PIL's pixel limit)")
+
+    def _chunks_here(self, chunk_size: int, strict: bool, transform):
         batch = []
         for item in self.items:
             try:

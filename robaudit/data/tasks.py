@@ -92,23 +92,26 @@ class TaskData:
             except (OSError, ValueError, KeyError) as exc:
                 raise BadInput(f"{str(self.path)!r}: cannot read {split} split: {exc}",
                                "the file may be truncated; re-download it") from None
-            self._validate(split, images, labels)
-            self._arrays[split] = (images, labels.reshape(-1).astype(np.int64))
+            labels = self._validate(split, images, labels)
+            self._arrays[split] = (images, labels)
         return self._arrays[split]
 
-    def _validate(self, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    def _validate(self, split: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Check one split's arrays (the npz is user input) and return its labels as int64 (N,)."""
         where = f"{self.path.name} [{split}]"
         bad_channels = images.ndim == 4 and images.shape[-1] not in (1, 3)
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or bad_channels:
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or bad_channels or 0 in images.shape[1:]:
             raise BadInput(f"{where}: images have shape {images.shape} and dtype {images.dtype}; expected uint8 "
                            "(N,H,W) or (N,H,W,3)", "use the MedMNIST npz layout")
         if labels.size != images.shape[0] or labels.ndim > 2 or (labels.ndim == 2 and labels.shape[1] != 1):
             raise BadInput(f"{where}: {images.shape[0]} images but labels of shape {labels.shape}",
                            "labels must be (N,) or (N,1), one per image (multi-label tasks are not supported)")
+        labels = int_labels(labels, where)
         n_cls = len(self.card.label_names)
         if labels.size and (labels.min() < 0 or labels.max() >= n_cls):
             raise BadInput(f"{where}: labels range {int(labels.min())}..{int(labels.max())} but the card names "
                            f"{n_cls} classes", "fix the dataset card's label_names")
+        return labels
 
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
@@ -142,6 +145,9 @@ class TaskData:
                 indices: np.ndarray | None = None):
         """Images as float32 (N,3,S,S) in [0,1] and labels as int64 tensors."""
 
+        if self.count(split) == 0:  # NumPy would warn and every rate would be 0/0
+            raise BadInput(f"task {self.full_name!r} has an empty {split!r} split ({self.path})",
+                           "add images to it, or pick another split")
         idx = self.select(split, limit, seed) if indices is None else np.asarray(indices)
         if self.kind == "npz":
             x = to_float_tensor(self._raw(split)[0][idx])
@@ -233,10 +239,33 @@ def _card_from_labels(npz: Path) -> DatasetCard:
             if "train_labels" not in z.files:
                 raise BadInput(f"{str(npz)!r} has no train_labels; keys: {sorted(z.files)}",
                                "use the MedMNIST layout: {train,val,test}_{images,labels}")
-            n = int(np.max(z["train_labels"])) + 1
+            labels = int_labels(z["train_labels"], f"{npz.name} [train]")
     except (OSError, ValueError) as exc:
         raise BadInput(f"{str(npz)!r} is not a readable npz file: {exc}") from None
+    if labels.size == 0:
+        raise BadInput(f"{npz.name} [train]: no labels, so the classes are unknown",
+                       "add a dataset card beside it (label_names) or fill the train split")
+    if labels.min() < 0:
+        raise BadInput(f"{npz.name} [train]: negative label {int(labels.min())}", "labels are class indices 0..K-1")
+    n = int(labels.max()) + 1
+    if n > 10_000:
+        raise BadInput(f"{npz.name} [train]: label {n - 1} implies {n} classes", "labels are class indices 0..K-1")
     return DatasetCard(label_names=[str(i) for i in range(max(n, 2))])
+
+
+def int_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    """Class labels as int64 (N,): integers, or floats that are whole numbers; anything else is BadInput
+    (a cast would turn 'cat' into an error deep in NumPy and 0.5 silently into class 0)."""
+    flat = np.asarray(labels).reshape(-1)
+    if flat.dtype.kind in "iub":
+        return flat.astype(np.int64)
+    if flat.dtype.kind == "f":
+        whole = np.isfinite(flat) & (flat == np.round(flat))
+        if not whole.all():
+            bad = flat[~whole][0]
+            raise BadInput(f"{where}: label {float(bad)} is not a whole number", "labels are class indices 0..K-1")
+        return flat.astype(np.int64)
+    raise BadInput(f"{where}: labels are {flat.dtype} values, not integers", "labels are class indices 0..K-1")
 
 
 def _with_view(task: TaskData, view: str | None) -> TaskData:

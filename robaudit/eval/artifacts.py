@@ -1,8 +1,19 @@
 """The files of a UAP run folder: result.json (last, atomically), uap.npy, predictions, and its pictures
-(the perturbation amplified, before/after examples with predicted labels); the partial of an interrupted run."""
+(the perturbation amplified, before/after examples with predicted labels); the partial of an interrupted run.
+
+Nothing computed is lost: the folder is checked and locked before the run (:func:`guard_output`), written
+as one transaction (:func:`write_run`), and a perturbation that cannot be written where it was asked is
+kept in ``$ROBAUDIT_HOME/rescued/`` (or the temp folder) with a message saying where (:func:`rescue`).
+"""
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +21,17 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from robaudit.io import atomic_write_text
+from robaudit.errors import BadInput, Interrupted, RuntimeFailure
+from robaudit.io import (
+    OutputLock,
+    atomic_write_bytes,
+    atomic_write_text,
+    keep_somewhere,
+    os_error_text,
+    preflight_dir,
+    read_npy,
+    stamp,
+)
 from robaudit.results import Result
 from robaudit.specs import UAPSpec
 
@@ -63,29 +84,128 @@ def save_examples_png(x, v, clean, adv, classes: list[str], path: Path, n: int =
     fig.savefig(path, dpi=110)
 
 
+@contextmanager
+def guard_output(out_dir: Path | None) -> Iterator[None]:
+    """Before any compute: ``out_dir`` is creatable and writable, and locked against a second run into it.
+
+    Only rank 0 of a torchrun job (``RANK``) checks and locks: the other ranks write nothing. A folder
+    created here and still empty when the run fails (bad input found in ``prepare``) is removed again."""
+    if out_dir is None or int(os.environ.get("RANK", "0") or 0) != 0:
+        yield
+        return
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    preflight_dir(out_dir)
+    try:
+        with OutputLock(out_dir):
+            yield
+    finally:
+        if created:
+            try:
+                out_dir.rmdir()  # only succeeds when nothing was written
+            except OSError:
+                pass
+
+
 def write_run(out_dir: Path, result: Result, v, x_eval, clean, adv, classes: list[str], spec: UAPSpec) -> None:
-    """Write uap.npy, predictions.npz, the PNGs and spec.json, then result.json (atomic); drop a resumed partial."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / ARTIFACTS["perturbation"], v.numpy())
-    np.savez_compressed(out_dir / ARTIFACTS["predictions"], clean=np.asarray(clean), adv=np.asarray(adv))
-    save_uap_png(v, out_dir / ARTIFACTS["perturbation_png"])
-    save_examples_png(x_eval, v, clean, adv, classes, out_dir / ARTIFACTS["examples_png"], clip=spec.clip)
+    """Write uap.npy, predictions.npz, the PNGs and spec.json, then result.json; drop a resumed partial.
+
+    One transaction: every file goes into a temporary folder inside ``out_dir`` and is renamed into place,
+    result.json last (an older result.json is removed first, so a result.json always describes the files
+    beside it). If a write fails (a full disk, permissions changed mid-run), v and its result are kept
+    by :func:`rescue` and a RuntimeFailure (exit 3) says where."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.glob(".staging-*"):  # left by a killed run (we hold the folder's lock)
+            shutil.rmtree(old, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
+        try:
+            _write_files(staging, result, v, x_eval, clean, adv, classes, spec)
+            (out_dir / "result.json").unlink(missing_ok=True)
+            for f in sorted(staging.iterdir(), key=lambda f: f.name == "result.json"):
+                os.replace(f, out_dir / f.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        (out_dir / PARTIAL).unlink(missing_ok=True)
+    except OSError as exc:
+        kept = rescue(v, result, spec)
+        where = (f"the perturbation is kept in {kept} (its result.json beside it)" if kept else
+                 "the perturbation could not be kept anywhere else either")
+        raise RuntimeFailure(f"cannot write the run folder {out_dir}: {os_error_text(exc)}; {where}",
+                             "free disk space or fix the folder, then re-run" +
+                             (f" (--init {kept} starts from the kept perturbation)" if kept else "")) from None
+
+
+def _write_files(folder: Path, result: Result, v, x_eval, clean, adv, classes: list[str], spec: UAPSpec) -> None:
+    np.save(folder / ARTIFACTS["perturbation"], _numpy(v))
+    np.savez_compressed(folder / ARTIFACTS["predictions"], clean=np.asarray(clean), adv=np.asarray(adv))
+    save_uap_png(v, folder / ARTIFACTS["perturbation_png"])
+    save_examples_png(x_eval, v, clean, adv, classes, folder / ARTIFACTS["examples_png"], clip=spec.clip)
     result.artifacts = dict(ARTIFACTS)
-    atomic_write_text(out_dir / "spec.json", spec.model_dump_json(indent=2))
-    atomic_write_text(out_dir / "result.json", result.model_dump_json(indent=2))
-    (out_dir / PARTIAL).unlink(missing_ok=True)
+    atomic_write_text(folder / "spec.json", spec.model_dump_json(indent=2))
+    atomic_write_text(folder / "result.json", result.model_dump_json(indent=2))
+
+
+def _numpy(v) -> np.ndarray:
+    return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+
+
+def _npy_bytes(v) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, _numpy(v))
+    return buf.getvalue()
+
+
+def rescue(v, result: Result | None = None, spec: UAPSpec | None = None) -> Path | None:
+    """Keep a perturbation that could not be written where it was asked: ``<stamp>-uap.npy`` (and its
+    result and spec, best effort) in ``$ROBAUDIT_HOME/rescued/``, else the temp folder. The path, or None."""
+    prefix = stamp()
+    data = _npy_bytes(v)
+    kept = keep_somewhere("rescued", f"{prefix}-uap.npy", lambda p: atomic_write_bytes(p, data))
+    if kept is not None:
+        for name, doc in (("result.json", result), ("spec.json", spec)):
+            if doc is not None:
+                try:
+                    atomic_write_text(kept.with_name(f"{prefix}-{name}"), doc.model_dump_json(indent=2))
+                except OSError:
+                    pass
+    return kept
 
 
 def save_partial(out_dir: Path, v, spec: UAPSpec) -> Path:
-    """Keep an interrupted run's perturbation (and its spec) where the same command resumes from."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / PARTIAL, v.numpy())
-    atomic_write_text(out_dir / "spec.json", spec.model_dump_json(indent=2))
+    """Keep an interrupted run's perturbation (and its spec) where the same command resumes from.
+
+    Written atomically (a second Ctrl-C never leaves half a file to resume from); if it cannot be written
+    there, it is rescued and the Interrupted message says where."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_dir / PARTIAL, _npy_bytes(v))
+        atomic_write_text(out_dir / "spec.json", spec.model_dump_json(indent=2))
+    except OSError as exc:
+        kept = rescue(v, spec=spec)
+        where = f"it is kept in {kept}; resume with --init {kept}" if kept else "it could not be kept anywhere"
+        raise Interrupted(f"interrupted: cannot save the best perturbation so far in {out_dir / PARTIAL} "
+                          f"({os_error_text(exc)}); {where}") from None
     return out_dir / PARTIAL
 
 
+def load_perturbation(path: Path, what: str, hint: str) -> torch.Tensor:
+    """A saved perturbation (``uap.npy``) as a float32 tensor: a finite (C,H,W) or (1,C,H,W) array, else
+    BadInput naming the file (an .npz, a pickle, garbage, NaN)."""
+    arr = read_npy(path, what, hint)
+    if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[0] != 1) or arr.shape[-3] not in (1, 3):
+        raise BadInput(f"{what} {str(path)!r} has shape {arr.shape}, not a perturbation (1, 3, H, W)", hint)
+    if not np.isfinite(arr).all():
+        raise BadInput(f"{what} {str(path)!r} holds NaN or infinite values", hint)
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
 def load_partial(out_dir: Path | None):
-    """The partial perturbation an interrupted run left in ``out_dir`` (a float tensor), or None."""
+    """The partial perturbation an interrupted run left in ``out_dir`` (a float tensor), or None; a file
+    that is not one is BadInput (never executed: no pickles), with the advice to delete it."""
     if out_dir is None or not (out_dir / PARTIAL).is_file():
         return None
-    return torch.from_numpy(np.load(out_dir / PARTIAL))
+    path = out_dir / PARTIAL
+    return load_perturbation(path, "partial perturbation", f"delete {path} to start afresh (an interrupted run "
+                             "leaves it to resume from)")

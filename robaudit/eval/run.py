@@ -18,18 +18,34 @@ from robaudit import __version__
 from robaudit.attacks.lp import lp_norm
 from robaudit.attacks.noise import random_controls
 from robaudit.attacks.predict import predict
-from robaudit.attacks.uap import UAPOutcome, build_uap
+from robaudit.attacks.uap import Selection, UAPOutcome, build_uap
 from robaudit.attacks.uap.group import DistributedGroup, init_from_env, shard
 from robaudit.console import info, progress
 from robaudit.errors import BadInput, Interrupted, RuntimeFailure
-from robaudit.eval.artifacts import PARTIAL, load_partial, save_partial, write_run
+from robaudit.eval.artifacts import PARTIAL, guard_output, load_partial, save_partial, write_run
 from robaudit.eval.metrics import compare_to_control, control_metrics, uap_metrics
 from robaudit.eval.sources import uap_source
-from robaudit.models import LoadedModel, load_model_and_task
-from robaudit.models.normalize import fast_model
+from robaudit.models import LoadedModel, load_model, load_model_and_task
+from robaudit.models.factory import imagenet_classifier
+from robaudit.models.normalize import Normalized, fast_model
 from robaudit.provenance import command_line, environment, now_iso
-from robaudit.results import AttackInfo, Comparison, Control, Metrics, Result, success_vector
+from robaudit.results import (
+    AttackInfo,
+    Candidate,
+    Comparison,
+    Control,
+    Metrics,
+    Result,
+    SelectionInfo,
+    TrajectoryPoint,
+    success_vector,
+)
 from robaudit.specs import UAPSpec
+
+#: strongest-of: the methods ``--method best`` always runs; deepfool joins when its measured cost per
+#: image is within DEEPFOOL_COST x sgd's
+BEST_OF = ("fgsm", "sgd")
+DEEPFOOL_COST = 2.0
 
 __all__ = ["PARTIAL", "RunOutput", "run_uap"]
 
@@ -60,6 +76,15 @@ class Prepared:
     source_desc: str
     init: torch.Tensor | None
     group: DistributedGroup | None
+    budget: int | None = None
+    builder: torch.nn.Module | None = None  # the model v is built on: the audited one, or a surrogate
+    surrogate: str | None = None
+    select_split: str | None = None
+    select_score: object = None  # v -> success rate on the selection images
+    select_n: int = 0
+    outcome: UAPOutcome | None = None
+    candidates: list[Candidate] | None = None
+    test_rates: list[float] | None = None
 
     @property
     def size(self) -> int:
@@ -81,7 +106,15 @@ class Measured:
 
 
 def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, init=None) -> RunOutput:
-    """Run one UAP audit cell. Writes result.json, uap.npy, uap.png, examples.png to ``out_dir``."""
+    """Run one UAP audit cell. Writes result.json, uap.npy, uap.png, examples.png to ``out_dir``.
+
+    ``out_dir`` is checked and locked before any compute; its files are written as one transaction, and a
+    perturbation that cannot be written is rescued (see :mod:`robaudit.eval.artifacts`)."""
+    with guard_output(out_dir):
+        return _run_uap(spec, out_dir, quiet, init)
+
+
+def _run_uap(spec: UAPSpec, out_dir: Path | None, quiet: bool, init) -> RunOutput:
     prep = prepare(spec, out_dir, init)
     t0 = time.time()
     outcome = build(prep, quiet)
@@ -99,7 +132,7 @@ def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, ini
 
 
 def prepare(spec: UAPSpec, out_dir: Path | None, init=None) -> Prepared:
-    """Load the model, its task, eps, the evaluation images and the source; check them all."""
+    """Load the model, its task, eps, the evaluation images, the source and the selection images; check them."""
     group = init_from_env(spec.device)  # None unless launched by torchrun with 2+ processes
     lm, task = load_model_and_task(spec.model, checkpoint=spec.checkpoint, arch=spec.arch, device=spec.device,
                                    trust_checkpoint=spec.trust_checkpoint, data=spec.data)
@@ -108,40 +141,136 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None) -> Prepared:
     ref_norm = task.mean_norm(spec.norm, size, split="train", seed=spec.seed)
     eps = spec.eps if spec.eps is not None else spec.zeta * ref_norm
     x_eval, y_eval = task.tensors(spec.split, size=size, limit=spec.eval_limit, seed=spec.seed)
-    with torch.inference_mode():
-        probe = lm.module(x_eval[: min(8, len(x_eval))].to(lm.device))
-    if not torch.isfinite(probe).all():
-        raise BadInput(f"model {lm.card.name!r} produces NaN/inf outputs on clean images",
-                       "the checkpoint is broken or mismatched; retrain or check --arch")
-    source, source_n, source_desc = uap_source(spec, task, size)
-    if source_n == 0:
+    builder, surrogate = lm.module, None
+    if spec.surrogate is None:  # a zero-knowledge build must not touch the audited model before v is fixed
+        _probe(lm, x_eval)
+    else:
+        builder, surrogate = _surrogate(spec, lm)
+    budget = spec.resolved_budget(lm.device.type)
+    src = uap_source(spec, task, size, budget, hold_out=surrogate is not None and spec.select != "none")
+    if src.n == 0:
         raise BadInput(f"source {spec.source!r} has no images")
-    if group is not None:
-        source = shard(source, group)
+    source = shard(src.images, group) if group is not None else src.images
     if init is None:
         init = load_partial(out_dir)
         if init is not None:
             info(f"resuming from the partial perturbation in {out_dir / PARTIAL}")
     if init is not None and tuple(init.shape[-3:]) != (3, size, size):
         raise BadInput(f"initial perturbation has shape {tuple(init.shape)}, the model needs (1, 3, {size}, {size})")
-    return Prepared(spec, lm, task, target, eps, ref_norm, x_eval, y_eval, source, source_n, source_desc, init, group)
+    prep = Prepared(spec, lm, task, target, eps, ref_norm, x_eval, y_eval, source, src.n, src.description, init,
+                    group, budget=budget, builder=builder, surrogate=surrogate)
+    if surrogate is not None and src.held_out is not None:
+        prep.select_split, prep.select_n = "held-out photos", len(src.held_out)
+        prep.select_score = _scorer(builder, src.held_out, None, spec.clip, lm.device)
+    elif spec.select != "none":
+        split = spec.select if spec.select in task.splits and spec.select != spec.split else "train"
+        x_sel, _ = task.tensors(split, size=size, limit=spec.select_limit, seed=spec.seed + 1)
+        prep.select_split, prep.select_n = split, len(x_sel)
+        prep.select_score = _scorer(lm.module, x_sel, target, spec.clip, lm.device)
+    return prep
+
+
+def _probe(lm: LoadedModel, x_eval: torch.Tensor) -> None:
+    """Refuse a model whose outputs on clean images are not finite (broken or mismatched weights)."""
+    with torch.inference_mode():
+        probe = lm.module(x_eval[: min(8, len(x_eval))].to(lm.device))
+    if not torch.isfinite(probe).all():
+        raise BadInput(f"model {lm.card.name!r} produces NaN/inf outputs on clean images",
+                       "the checkpoint is broken or mismatched; retrain or check --arch")
+
+
+def _surrogate(spec: UAPSpec, lm: LoadedModel) -> tuple[torch.nn.Module, str]:
+    """The model a zero-knowledge attacker builds on: the public ImageNet model of the audited arch
+    ('pretrained'), or another model (zoo name or checkpoint)."""
+    if spec.surrogate == "pretrained":
+        b = imagenet_classifier(lm.card.arch, weights_file=spec.weights_file)
+        net = Normalized(b.net, b.mean, b.std).to(lm.device).eval()
+        return net, f"{lm.card.arch} ImageNet classifier ({b.weights})"
+    other = load_model(spec.surrogate, device=spec.device, trust_checkpoint=spec.trust_checkpoint)
+    return other.module, other.card.name
+
+
+def _scorer(model: torch.nn.Module, x: torch.Tensor, target: int | None, clip: bool, device):
+    """``score(v)``: success of v on ``x`` for ``model`` (fooling vs its clean predictions, or the target)."""
+    clean = predict(model, x, None, clip=clip, batch_size=256, device=device)
+
+    def score(v: torch.Tensor) -> float:
+        adv = predict(model, x, v, clip=clip, batch_size=256, device=device)
+        return float(success_vector(clean.numpy(), adv.numpy(), target).mean())
+
+    return score
 
 
 def build(prep: Prepared, quiet: bool) -> UAPOutcome:
-    """The UAP engine over the prepared source, with a progress bar (rank 0 only)."""
+    """The UAP engine over the prepared source, once per candidate (method x restart); the strongest by the
+    selection split is kept (by the source rate with ``--select none``). Progress on rank 0 only."""
+    spec = prep.spec
+    methods = list(BEST_OF) if spec.method == "best" else [spec.method]
+    runs = [(m, spec.seed + r) for m in methods for r in range(spec.restarts)]
+    prep.candidates, best, best_i, sgd_cost, df_cost = [], None, None, None, None
+    if spec.method == "best":  # deepfool joins only when it is affordable here
+        df_cost = _deepfool_cost(prep)
+        runs.append(("deepfool", spec.seed))
+    for method, seed in runs:
+        if df_cost is not None and method == "deepfool":
+            ratio = df_cost / sgd_cost if sgd_cost else float("inf")
+            if ratio > DEEPFOOL_COST:
+                prep.candidates.append(Candidate(method="deepfool", seed=seed, skipped=f"measured cost {ratio:.1f}x "
+                                                 f"sgd's per image (limit {DEEPFOOL_COST:g}x)"))
+                continue
+        outcome = _build_one(prep, method, seed, quiet)
+        per_image = outcome.seconds / max(outcome.images_seen, 1)
+        if method == "sgd":
+            sgd_cost = per_image
+        sel = outcome.selection
+        prep.candidates.append(Candidate(method=method, seed=seed,
+                                         selection_rate=sel.best_rate if sel is not None else None,
+                                         source_fooling_rate=outcome.source_fooling_rate,
+                                         images_seen=outcome.images_seen, seconds=outcome.seconds))
+        if outcome.interrupted or best is None or _strength(outcome) > _strength(best):
+            best, best_i = outcome, len(prep.candidates) - 1
+        if outcome.interrupted:
+            break
+    prep.candidates[best_i].chosen = True
+    prep.outcome = best
+    return best
+
+
+def _strength(outcome: UAPOutcome) -> float:
+    sel = outcome.selection
+    return sel.best_rate if sel is not None else outcome.source_fooling_rate
+
+
+def _build_one(prep: Prepared, method: str, seed: int, quiet: bool) -> UAPOutcome:
     spec, lm = prep.spec, prep.lm
     max_iter = spec.default_max_iter()
-    with progress(disable=quiet or not prep.is_main) as prog, fast_model(lm.module, lm.device, spec.amp) as net:
-        bar = prog.add_task(f"UAP {spec.method}/{spec.mode} on {spec.source}", total=max_iter * prep.source_n,
-                            status="")
+    selection = None
+    if prep.select_score is not None:
+        selection = Selection(prep.select_score, every=spec.select_every_for(max_iter * prep.source_n),
+                              patience=spec.patience, keep=True)
+    net0 = prep.builder if prep.builder is not None else lm.module
+    with progress(disable=quiet or not prep.is_main) as prog, fast_model(net0, lm.device, spec.amp) as net:
+        bar = prog.add_task(f"UAP {method}/{spec.mode} on {spec.source}" + (f" seed {seed}" if spec.restarts > 1
+                            else ""), total=max_iter * prep.source_n, status="")
 
         def on_progress(n: int, status: str | None = None) -> None:
             prog.update(bar, advance=n, **({"status": f"source {status}"} if status else {}))
 
-        return build_uap(net, prep.source, method=spec.method, norm=spec.norm, eps=prep.eps, target=prep.target,
-                         mode=spec.mode, max_iter=max_iter, step_size=spec.resolved_step(),
-                         batch_size=spec.batch_size, clip=spec.clip, init=prep.init, seed=spec.seed,
-                         device=lm.device, progress=on_progress, distributed=prep.group is not None)
+        return build_uap(net, prep.source, method=method, norm=spec.norm, eps=prep.eps, target=prep.target,
+                         mode=spec.mode if method == "fgsm" else "batched", max_iter=max_iter,
+                         step_size=spec.resolved_step(), batch_size=spec.batch_size, clip=spec.clip, init=prep.init,
+                         seed=seed, device=lm.device, progress=on_progress, distributed=prep.group is not None,
+                         selection=selection)
+
+
+def _deepfool_cost(prep: Prepared) -> float:
+    """Seconds per image of a deepfool UAP step on this task (one small probe batch)."""
+    x = prep.source if isinstance(prep.source, torch.Tensor) else next(iter(prep.source))
+    x = x[: max(prep.spec.batch_size, 16)]
+    t0 = time.perf_counter()
+    build_uap(prep.builder, x, method="deepfool", norm=prep.spec.norm, eps=prep.eps, target=prep.target,
+              max_iter=1, batch_size=prep.spec.batch_size, clip=prep.spec.clip, device=prep.lm.device)
+    return (time.perf_counter() - t0) / max(len(x), 1)
 
 
 def keep_partial(prep: Prepared, v: torch.Tensor, out_dir: Path | None) -> None:
@@ -156,6 +285,8 @@ def keep_partial(prep: Prepared, v: torch.Tensor, out_dir: Path | None) -> None:
 def measure(prep: Prepared, v: torch.Tensor) -> Measured:
     """v and K same-norm random controls on the evaluation images, with the paired test between them."""
     spec, lm = prep.spec, prep.lm
+    if prep.surrogate is not None:  # v is fixed: now the audited model may be asked
+        _probe(lm, prep.x_eval)
     clean = predict(lm.module, prep.x_eval, None, clip=spec.clip, batch_size=256, device=lm.device)
     adv = predict(lm.module, prep.x_eval, v, clip=spec.clip, batch_size=256, device=lm.device)
     metrics = uap_metrics(clean, adv, prep.y_eval, lm.classes, target=prep.target)
@@ -169,6 +300,11 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
         control, outcomes = control_metrics(lm.module, prep.x_eval, noises, clean, target=prep.target,
                                             clip=spec.clip, batch_size=256, device=lm.device, kind=spec.control_kind)
         comparison = compare_to_control(success_vector(clean.numpy(), adv.numpy(), prep.target), outcomes)
+    sel = prep.outcome.selection if prep.outcome is not None else None
+    if sel is not None:  # each checked v on the reported split: the trajectory's test rates
+        prep.test_rates = [float(success_vector(clean.numpy(), predict(lm.module, prep.x_eval, vk, clip=spec.clip,
+                                                                       batch_size=256, device=lm.device).numpy(),
+                                                prep.target).mean()) for vk in sel.snapshots]
     return Measured(clean, adv, metrics, achieved, control, comparison)
 
 
@@ -183,13 +319,40 @@ def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> 
         target_name=lm.classes[target] if target is not None else None, source=spec.source,
         source_n=prep.source_n, clip=spec.clip, max_iter=spec.default_max_iter(), step_size=spec.resolved_step(),
         batch_size=spec.batch_size, seed=spec.seed, seconds=seconds, device=str(lm.device), uap_norm=m.uap_norm,
-        source_fooling_rate=outcome.source_fooling_rate)
+        source_fooling_rate=outcome.source_fooling_rate, threat_model=_threat_model(prep),
+        surrogate=prep.surrogate, budget=prep.budget, selection=_selection_info(prep, outcome),
+        candidates=prep.candidates if spec.method == "best" or spec.restarts > 1 else [])
     notes = [f"source: {prep.source_desc}",
              "fooling rate: prediction on x+v differs from the prediction on x (not the label), over all images",
              f"x+v {'clipped to [0,1]' if spec.clip else 'not clipped (as published)'}"]
+    if outcome.selection is not None:
+        notes.append(f"stance: the audit estimates what an attacker's procedure can reach, as chosen by the auditor: "
+                     f"v is the strongest of the build's checkpoints on {prep.select_n} {prep.select_split} images "
+                     f"(never the reported {spec.split} split), which the reported numbers are measured on")
+    if prep.surrogate is not None:
+        notes.append(f"zero-knowledge: v was built on {prep.surrogate} from photos only; the audited model and "
+                     "its images were first used after v was fixed")
     if spec.amp:
         notes.append("UAP built under bfloat16 autocast (--amp); every metric measured in float32")
     env = environment(lm.device) | {"seed": spec.seed} | ({"distributed": prep.group.info()} if prep.group else {})
     return Result(robaudit_version=__version__, created=now_iso(), command=command_line() or None, environment=env,
                   model=lm.info(), data=task.data_info(spec.split, len(prep.x_eval)), attack=attack,
                   metrics=m.metrics, control=m.control, comparison=m.comparison, notes=notes)
+
+
+def _threat_model(prep: Prepared) -> str:
+    if prep.surrogate is not None:
+        return "zero-knowledge surrogate"
+    return "training images" if prep.spec.source == "train" else "white-box natural"
+
+
+def _selection_info(prep: Prepared, outcome: UAPOutcome) -> SelectionInfo | None:
+    sel = outcome.selection
+    if sel is None:
+        return None
+    tests = prep.test_rates or [None] * len(sel.trajectory)
+    final = next((r for im, r, _ in reversed(sel.trajectory) if im == outcome.images_seen), None)
+    return SelectionInfo(split=prep.select_split, n=prep.select_n, every=sel.every, patience=sel.patience,
+                         best_rate=sel.best_rate, best_at=sel.best_at, final_rate=final, plateau=outcome.plateau,
+                         trajectory=[TrajectoryPoint(images=im, seconds=sec, selection_rate=r, test_rate=t)
+                                     for (im, r, sec), t in zip(sel.trajectory, tests, strict=True)])

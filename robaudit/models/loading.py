@@ -10,6 +10,7 @@ import timm
 from robaudit.data import TaskData, load_task
 from robaudit.device import resolve_device
 from robaudit.errors import BadInput, unknown_name
+from robaudit.io import validate
 from robaudit.models.normalize import Normalized
 from robaudit.models.store import ModelCard, is_trained, load_state, model_dir, read_card, sha256_file
 from robaudit.models.zoo import parse_zoo_name
@@ -59,20 +60,45 @@ def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
     raise unknown_name("target class", text, classes, "pass an index or one of the model's class names")
 
 
+def check_arch(arch: str) -> str:
+    """``arch`` if timm knows it, else BadInput with close names (timm itself raises a bare RuntimeError)."""
+    if not timm.is_model(arch):
+        raise unknown_name("architecture", arch, timm.list_models(), "pass a timm architecture name")
+    return arch
+
+
 def build_module(card: ModelCard, state: dict, device):
-    """timm net from the card, loaded with ``state``, wrapped with its normalisation, in eval mode."""
-    if not timm.is_model(card.arch):
-        raise unknown_name("architecture", card.arch, timm.list_models())
+    """timm net from the card, loaded with ``state``, wrapped with its normalisation, in eval mode.
+
+    Every checkpoint, card and --arch goes through here, so the checks live here: the class count of
+    the head, then every key and shape against the architecture, before ``load_state_dict`` (which
+    raises a many-line RuntimeError on a shape mismatch even with ``strict=False``)."""
+    check_arch(card.arch)
     net = timm.create_model(card.arch, pretrained=False, num_classes=len(card.classes))
     head = _head_classes(state)
     if head is not None and head != len(card.classes):
         raise BadInput(f"checkpoint has a {head}-class head but {card.name!r} expects {len(card.classes)} classes "
                        f"({', '.join(card.classes[:4])}{', ...' if len(card.classes) > 4 else ''})",
                        "pass the --data task the model was trained on, or the matching checkpoint")
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BadInput(f"checkpoint does not fit arch {card.arch!r}: {len(missing)} missing and {len(unexpected)} "
-                       f"unexpected keys (e.g. {(missing or unexpected)[0]})", "check --arch")
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{len(x)} {what}" for x, what in ((missing, "missing"), (unexpected, "unexpected"),
+                                                     (shapes, "wrongly shaped")) if x]
+        if shapes:
+            k = shapes[0]
+            eg = f"{k}: checkpoint {tuple(state[k].shape)}, {card.arch} {tuple(own[k].shape)}"
+        else:
+            eg = (missing or unexpected)[0]
+        raise BadInput(f"checkpoint does not fit arch {card.arch!r}: {', '.join(parts)} tensors (e.g. {eg})",
+                       "pass the --arch the checkpoint was trained with (or fix the card's arch)")
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # dtype or other incompatibilities the key/shape check does not see
+        raise BadInput(f"checkpoint does not fit arch {card.arch!r}: {str(exc).splitlines()[0]}",
+                       "pass the --arch the checkpoint was trained with") from None
     return Normalized(net, card.mean, card.std).to(device).eval()
 
 
@@ -116,11 +142,12 @@ def _load_checkpoint(path: Path, arch: str | None, dev, trust: bool, task: str |
         if not task:
             raise BadInput("a checkpoint without a card needs its task for the class names", "pass --data TASK")
         t = load_task(task)
-        cfg = timm.create_model(arch, pretrained=False, num_classes=t.num_classes).pretrained_cfg
-        card = ModelCard(name=name or path.stem, arch=arch, task=t.full_name, classes=t.label_names,
-                         input_size=input_size or int(cfg.get("input_size", (3, 224, 224))[-1]),
-                         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+        cfg = timm.create_model(check_arch(arch), pretrained=False, num_classes=t.num_classes).pretrained_cfg
+        card = validate(ModelCard, dict(name=name or path.stem, arch=arch, task=t.full_name, classes=t.label_names,
+                                        input_size=input_size or int(cfg.get("input_size", (3, 224, 224))[-1]),
+                                        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+                                        std=tuple(cfg.get("std", (0.229, 0.224, 0.225)))),
+                        where=f"checkpoint {str(path)!r}")
     if arch and arch != card.arch:
         raise BadInput(f"--arch {arch!r} differs from the card's arch {card.arch!r}", "drop --arch or fix the card")
     state = load_state(path, trust=trust)

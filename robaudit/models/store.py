@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
@@ -36,8 +36,9 @@ class ModelCard(BaseModel):
     transfer: str | None = None
     top_k: int | None = None
     task: str | None = None
-    classes: list[str]
-    input_size: int
+    classes: list[str] = Field(min_length=1)
+    #: bounded so a typo (1e9, -64) is one line here, not an out-of-memory or a resize error mid-run
+    input_size: int = Field(ge=8, le=4096, description="square input side in pixels")
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -46,6 +47,15 @@ class ModelCard(BaseModel):
     weights_sha256: str | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     created: str | None = None
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, v: tuple[float, ...], info) -> tuple[float, ...]:
+        if len(v) not in (1, 3) or not all(x == x and abs(x) != float("inf") for x in v):
+            raise ValueError(f"{info.field_name} must be 1 or 3 finite numbers, got {list(v)}")
+        if info.field_name == "std" and min(v) <= 0:
+            raise ValueError(f"std must be positive, got {list(v)}")
+        return v
 
 
 def sha256_file(path: Path) -> str:
@@ -56,17 +66,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def store_root() -> Path:
+    """The model store folder (BadInput when ``$ROBAUDIT_HOME`` cannot hold it: a file, unwritable)."""
+    return settings.model_store()
+
+
 def model_dir(name: str) -> Path:
-    return settings.model_store() / name
+    return store_root() / name
 
 
 def is_trained(name: str) -> bool:
-    d = settings.model_store() / name
+    d = store_root() / name
     return (d / WEIGHTS).is_file() and (d / CARD).is_file()
 
 
 def trained_names() -> list[str]:
-    root = settings.model_store()
+    root = store_root()
     return sorted(d.name for d in root.iterdir() if d.is_dir() and (d / CARD).is_file() and (d / WEIGHTS).is_file())
 
 

@@ -92,15 +92,36 @@ def _unique(items: list[tuple[str, Any]]) -> list[Any]:
     return out
 
 
-ATTACK_FIELDS = ("method", "mode", "backend", "norm", "zeta", "eps", "eps_scale", "zeta_reference", "clip",
-                 "source", "source_n", "max_iter", "steps", "step_size", "batch_size", "seed", "device", "seconds",
-                 "uap_norm", "source_fooling_rate", "interrupted")
+ATTACK_FIELDS = ("threat_model", "method", "mode", "backend", "norm", "zeta", "eps", "eps_scale", "zeta_reference",
+                 "clip", "source", "source_n", "budget", "surrogate", "max_iter", "steps", "step_size", "batch_size",
+                 "seed", "device", "seconds", "uap_norm", "source_fooling_rate", "interrupted")
+
+
+def _selection_text(a) -> str | None:
+    """How v was chosen, in one line (the attacker-budget and selection settings of a cell)."""
+    s = a.selection
+    if s is None:
+        return None
+    text = (f"best of checks every {s.every} images on {s.n} {s.split} images: {s.best_rate:.1%} at {s.best_at} "
+            f"images" + (f" (last v {s.final_rate:.1%})" if s.final_rate is not None else ""))
+    if s.plateau:
+        text += f"; stopped after {s.patience} checks without gain"
+    if a.candidates:
+        runs = [f"{c.method}/seed {c.seed}: " + (f"skipped ({c.skipped})" if c.skipped else
+                                                 f"{c.selection_rate:.1%}" if c.selection_rate is not None else "-")
+                + (" (kept)" if c.chosen else "") for c in a.candidates]
+        text += "; candidates " + ", ".join(runs)
+    return text
 
 
 def attack_rows(report: Report) -> tuple[list[str], list[list[Any]]]:
     """Per-cell attack settings; columns that are empty in every cell are dropped."""
     cols = [f for f in ATTACK_FIELDS if any(getattr(c.attack, f) not in (None, "") for c in report.cells)]
     rows = [[cell_label(c)] + [getattr(c.attack, f) for f in cols] for c in report.cells]
+    if any(c.attack.selection is not None for c in report.cells):
+        cols.append("selection")
+        for row, c in zip(rows, report.cells, strict=True):
+            row.append(_selection_text(c.attack) or "")
     return ["cell"] + cols, rows
 
 
@@ -181,12 +202,21 @@ def mitigations(report: Report) -> list[str]:
 
 
 def _threat(report: Report) -> list[str]:
-    kinds = {source_kind(c) for c in report.cells if c.attack.kind == "uap"}
+    uap = [c for c in report.cells if c.attack.kind == "uap"]
+    kinds = {source_kind(c) for c in uap if c.attack.threat_model != "zero-knowledge surrogate"}
     out = []
-    if "natural" in kinds or not kinds:
-        out.append("Natural-source UAP: the attacker has ordinary photographs (e.g. ImageNet) and the model's "
-                   "gradients, but no medical images. They compute one perturbation offline and add it to any "
-                   "patient image.")
+    if "natural" in kinds or not uap:
+        out.append("Natural-source UAP (white-box natural): the attacker has ordinary photographs (e.g. ImageNet) "
+                   "and the model's gradients, but no medical images. They compute one perturbation offline and add "
+                   "it to any patient image.")
+    if any(c.attack.threat_model == "zero-knowledge surrogate" for c in uap):
+        out.append("Zero-knowledge surrogate UAP: the attacker has nothing but public photographs and the public "
+                   "ImageNet model of the same architecture (or another model); the audited model and its images "
+                   "are not touched until the perturbation is fixed.")
+    if any(c.attack.selection is not None for c in uap):
+        out.append("Stance: each perturbation is the strongest an attacker's procedure reached, chosen during the "
+                   "build on held-out images (never the reported split) as the auditor set it; the reported numbers "
+                   "are on the reported split.")
     if "task" in kinds:
         out.append("Task-image UAP: a stronger attacker who also holds images of the task's training "
                    "distribution.")

@@ -16,7 +16,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from robaudit.errors import BadInput
 from robaudit.grading import cell_label, source_kind
+from robaudit.io import read_npy
 from robaudit.report.build import Report
 from robaudit.results import Result
 
@@ -130,6 +132,38 @@ def rate_vs_zeta(report: Report) -> Plot | None:
     return Plot("rate-vs-zeta", "Fooling rate vs perturbation size",
                 "Each point is one UAP with its confidence interval; the grey band is the interval of the "
                 "random control at the same norm (repeated draws).", _png(fig))
+
+
+# ------------------------------------------------------------------------------------- trajectory
+def trajectory(report: Report) -> Plot | None:
+    """Selection and test success vs source images seen, one panel per UAP cell that recorded a trajectory
+    (at most four), with the random control's interval as a band: the published figure's shape."""
+    cells = [c for c in report.cells if c.attack.kind == "uap" and c.attack.selection is not None
+             and c.attack.selection.trajectory][:4]
+    if not cells:
+        return None
+    fig, axes = _figure(3.4 * len(cells) + 0.8, 3.4, ncols=len(cells))
+    for ax, c in zip(axes, cells, strict=True):
+        sel = c.attack.selection
+        pts = sel.trajectory
+        x = [p.images for p in pts]
+        ax.plot(x, [p.selection_rate for p in pts], marker=".", color=_COLORS[0],
+                label=_text(f"selection ({sel.split}, n={sel.n})", 40))
+        if all(p.test_rate is not None for p in pts):
+            ax.plot(x, [p.test_rate for p in pts], marker=".", color=_COLORS[1], label="reported split")
+        ax.axvline(sel.best_at, color="0.3", lw=0.8, ls=":", label="chosen v")
+        ctrl = c.control_rate()
+        if ctrl is not None:
+            ax.axhspan(ctrl.ci[0], ctrl.ci[1], color="0.6", alpha=0.3, label="random control")
+        ax.set_title(_text(cell_label(c), 44), fontsize=8)
+        ax.set_xlabel("source images seen")
+        ax.set_ylabel("targeted success" if c.attack.targeted else "fooling rate")
+        _pct_axis(ax)
+        ax.legend(fontsize=6, loc="lower right")
+    return Plot("trajectory", "Attack strength vs the attacker's photo budget",
+                "The fooling rate of v on the selection images (held out from the build; for a zero-knowledge "
+                "attacker, held-out photos on the surrogate) and on the reported split, at each check of the "
+                "build; the dotted line marks the v that was kept, the band the random control.", _png(fig))
 
 
 # -------------------------------------------------------------------------------- init / transfer
@@ -440,8 +474,8 @@ def perturbation(report: Report, cell: Result) -> Plot | None:
             return None
         return Plot("perturbation", "The perturbation", "The perturbation image written by the run.", p.png, p.mime)
     try:
-        v = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+        v = read_npy(path, "perturbation")
+    except BadInput:  # a report never fails on a broken artifact: it leaves the picture out
         return None
     v = np.asarray(v, dtype=np.float64).squeeze()
     if v.ndim == 3 and v.shape[0] in (1, 3) and v.shape[-1] not in (1, 3):
@@ -474,8 +508,8 @@ def perturbation(report: Report, cell: Result) -> Plot | None:
 
 def make_plots(report: Report) -> list[Plot]:
     """Every figure whose data exists, in report order."""
-    plots = [rate_vs_zeta(report), init_comparison(report), targeted_per_class(report), transfer_heatmap(report),
-             confusion(report), robust_accuracy(report)]
+    plots = [trajectory(report), rate_vs_zeta(report), init_comparison(report), targeted_per_class(report),
+             transfer_heatmap(report), confusion(report), robust_accuracy(report)]
     return [p for p in plots if p is not None]
 
 

@@ -18,6 +18,7 @@ from robaudit.attacks.predict import model_device, predict
 from robaudit.attacks.uap import deepfool, fgsm, fgsm_reference, sgd  # noqa: F401  (they register themselves)
 from robaudit.attacks.uap.group import LocalGroup, check_chunk, current_group
 from robaudit.attacks.uap.registry import UAPMethod, create, lookup
+from robaudit.attacks.uap.select import Plateau, Selection
 from robaudit.attacks.uap.state import Stopped, UAPOutcome, UAPSettings, UAPState
 from robaudit.errors import BadInput
 from robaudit.models.normalize import channels_last_model
@@ -30,7 +31,7 @@ def drive(run: UAPState, source: Source, method: UAPMethod, init: Tensor | None 
     """Run ``method`` over the chunks of ``source``, warm-starting v; never raises on interruption."""
     start = time.perf_counter()
     chunks = run.group.chunks([source] if isinstance(source, Tensor) else source)
-    hits, total, interrupted, done = 0, 0, False, True
+    hits, total, interrupted, plateau, done = 0, 0, False, False, True
     x = y = None
     try:
         for x in chunks:
@@ -48,17 +49,26 @@ def drive(run: UAPState, source: Source, method: UAPMethod, init: Tensor | None 
             hits, total = hits + h, total + n
             if not run.history or run.history[-1][0] != run.images_seen:
                 run.checkpoint(rate)
-    except (Stopped, KeyboardInterrupt):
-        interrupted = True
+    except (Stopped, KeyboardInterrupt, Plateau) as exc:
+        interrupted, plateau = not isinstance(exc, Plateau), isinstance(exc, Plateau)
         if x is not None and not done and run.v is not None:  # measure the v reached on the current chunk
             y = y if y is not None else predict(run.model, x, batch_size=run.cfg.batch_size, device=run.device)
             success = run.evaluate(x, y)
             hits, total = hits + int(success.sum()), total + len(x)
     if run.v is None:
         raise BadInput("the UAP source yielded no images")
-    return UAPOutcome(v=run.v.detach().cpu(), source_fooling_rate=hits / total if total else 0.0,
+    final = run.v.detach().cpu()
+    sel = run.selection
+    if sel is not None and not interrupted:
+        try:
+            sel.check(run.v, run.images_seen)  # the final v competes too
+        except Plateau:
+            pass
+    best = sel.best_v.detach().cpu() if sel is not None and sel.best_v is not None else final
+    return UAPOutcome(v=best, source_fooling_rate=hits / total if total else 0.0,
                       iterations=run.iterations, images_seen=run.images_seen,
-                      seconds=time.perf_counter() - start, interrupted=interrupted, history=list(run.history))
+                      seconds=time.perf_counter() - start, interrupted=interrupted, history=list(run.history),
+                      final_v=final if sel is not None else None, selection=sel, plateau=plateau)
 
 
 def build_uap(model: nn.Module, source: Source, *, method: str = "fgsm", norm: str = "linf", eps: float,
@@ -66,7 +76,7 @@ def build_uap(model: nn.Module, source: Source, *, method: str = "fgsm", norm: s
               batch_size: int = 32, clip: bool = True, init: Tensor | None = None, seed: int = 0, device=None,
               delta: float = 1e-6, progress: Callable | None = None,
               should_stop: Callable[[], bool] | None = None, distributed: bool = False,
-              channels_last: bool | None = None, **options) -> UAPOutcome:
+              channels_last: bool | None = None, selection: Selection | None = None, **options) -> UAPOutcome:
     """Build a UAP of L-``norm`` radius ``eps`` ([0, 1] pixel units) for ``model`` from ``source``.
 
     method: 'fgsm' (the published iterative method; ``mode`` 'reference' = ART's semantics one image
@@ -76,7 +86,9 @@ def build_uap(model: nn.Module, source: Source, *, method: str = "fgsm", norm: s
     at twice that and decays to 0, see ``fgsm``). ``clip``: clip x + v to [0, 1]
     (False = the published, unclipped setting). ``target``: class index for a targeted UAP.
     ``init``: warm-start v. ``progress(n, status=None)`` is called with the images processed;
-    ``should_stop()`` is polled between steps. ``options`` go to the method (see its module).
+    ``should_stop()`` is polled between steps. ``selection``: score v on held-out images during the build,
+    return the best v (``outcome.final_v`` is the last) and stop on a plateau (see ``select``).
+    ``options`` go to the method (see its module).
     ``channels_last``: run the model in NHWC memory format (default: as the method registered; restored
     after). ``distributed``: one UAP over the ranks of the initialised torch.distributed group;
     ``source`` is then this rank's shard (``group.shard``) and ``batch_size`` the total over ranks.
@@ -102,5 +114,5 @@ def build_uap(model: nn.Module, source: Source, *, method: str = "fgsm", norm: s
     chunk_method = create(entry, options)
     with channels_last_model(model, entry.channels_last if channels_last is None else channels_last) as net:
         run = UAPState(model=net, cfg=cfg, device=model_device(model, device), group=group, progress=progress,
-                       should_stop=should_stop)
+                       should_stop=should_stop, selection=selection)
         return drive(run, source, chunk_method, init=init)

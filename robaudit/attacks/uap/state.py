@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from robaudit.attacks.lp import project
 from robaudit.attacks.predict import predict
 from robaudit.attacks.uap.group import DistributedGroup, LocalGroup
+from robaudit.attacks.uap.select import Selection
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class UAPOutcome:
     seconds: float
     interrupted: bool = False
     history: list[tuple[int, float]] = field(default_factory=list)
+    final_v: Tensor | None = None  # with a selection: the last v (``v`` is the best one)
+    selection: Selection | None = None
+    plateau: bool = False
 
 
 class Stopped(Exception):
@@ -77,6 +81,7 @@ class UAPState:
     group: LocalGroup | DistributedGroup = field(default_factory=LocalGroup)
     progress: Callable | None = None
     should_stop: Callable[[], bool] | None = None
+    selection: Selection | None = None
     v: Tensor | None = None
     iterations: int = 0
     images_seen: int = 0
@@ -115,6 +120,8 @@ class UAPState:
         self._pass_fooled = self._pass_fooled + fooled
         if self.progress is not None:
             self.progress(n)
+        if self.selection is not None and self.selection.due(self.images_seen):
+            self.selection.check(self.v, self.images_seen)
         if self.should_stop is not None and self.should_stop():
             raise Stopped
 

@@ -1,0 +1,136 @@
+"""Attacker strength: v chosen on the medical selection split, the augmented photo budget, strongest-of,
+and the zero-knowledge surrogate (real data, the session's fine-tuned pneumonia model, CPU-sized)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import robaudit.eval.run as runner
+from robaudit.attacks.predict import predict
+from robaudit.cli import main
+from robaudit.data import load_source, load_task
+from robaudit.data.stream import AugmentedStream
+from robaudit.eval.run import run_uap
+from robaudit.specs import make_spec
+
+MODEL = "pneumonia_tf_efficientnet_lite0"
+SMALL = dict(source="imagenet", zeta=0.04, eval_limit=96, controls=1, device="cpu", select_limit=64)
+
+
+@pytest.fixture(scope="module")
+def finetuned(trained):
+    return trained(MODEL)
+
+
+def _selection_rate(v: torch.Tensor, spec, result) -> float:
+    """The recorded selection split, rebuilt from the task as the runner draws it, scored independently."""
+    task = load_task("pneumonia", size=64)
+    x, _ = task.tensors(result.attack.selection.split, size=64, limit=spec.select_limit, seed=spec.seed + 1)
+    from robaudit.models import load_model
+
+    m = load_model(MODEL, device="cpu").module
+    clean, adv = predict(m, x), predict(m, x, v)
+    return float((adv != clean).float().mean())
+
+
+def test_kept_v_is_the_best_on_the_selection_split_not_the_last(finetuned, tmp_path):
+    """A long constant-step fgsm build over plain photos overfits them: its last v scores below an
+    earlier one on the held-out val images, and the v written to uap.npy is that earlier, better one."""
+    spec = make_spec(model=MODEL, norm="linf", method="fgsm", augment=False, source_limit=64, max_iter=8,
+                     batch_size=16, select_every=64, patience=None, step_size=0.01, **SMALL)
+    r = run_uap(spec, out_dir=tmp_path, quiet=True).result
+    sel = r.attack.selection
+    assert sel.split == "val" and sel.n == 64 and len(sel.trajectory) >= 6
+    assert sel.final_rate < sel.best_rate, [p.selection_rate for p in sel.trajectory]
+    assert sel.best_rate == max(p.selection_rate for p in sel.trajectory)
+    assert sel.best_at < sel.trajectory[-1].images
+    kept = torch.from_numpy(np.load(tmp_path / "uap.npy"))
+    assert _selection_rate(kept, spec, r) == pytest.approx(sel.best_rate, abs=1e-12)
+    assert _selection_rate(kept, spec, r) != pytest.approx(sel.final_rate, abs=1e-12)
+    assert all(p.test_rate is not None for p in sel.trajectory)  # measured after the build, for the report
+    kept_test = next(p.test_rate for p in sel.trajectory if p.images == sel.best_at)
+    assert r.metrics.fooling_rate.value == pytest.approx(kept_test, abs=1e-12)
+
+
+def test_select_none_keeps_the_blind_attackers_last_v(finetuned):
+    spec = make_spec(model=MODEL, norm="linf", method="sgd", augment=False, source_limit=32, max_iter=2,
+                     select="none", **SMALL)
+    r = run_uap(spec, quiet=True)
+    assert r.result.attack.selection is None and r.result.attack.threat_model == "white-box natural"
+
+
+def test_augmented_stream_is_seeded_and_stops_at_the_budget(tmp_path):
+    src = load_source("natural")
+    a = torch.cat(list(AugmentedStream(src, 32, 150, seed=5, chunk_size=64)))
+    b = torch.cat(list(AugmentedStream(src, 32, 150, seed=5, chunk_size=50, workers=2)))
+    c = torch.cat(list(AugmentedStream(src, 32, 150, seed=6, chunk_size=64)))
+    assert a.shape == (150, 3, 32, 32) and torch.equal(a, b)  # chunking and worker processes change nothing
+    assert not torch.equal(a, c)
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert len({x.numpy().tobytes() for x in a}) == 150  # every draw is its own view
+    # more draws than photos: the stream cycles through them (another order, other crops each epoch)
+    small = load_source("natural", limit=10)
+    assert sum(len(x) for x in AugmentedStream(small, 16, 37, chunk_size=8)) == 37
+    # an undecodable photo is skipped and counted, never fatal
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / f"ok{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    stream = AugmentedStream(load_source(tmp_path), 16, 40, chunk_size=16)
+    n = sum(len(x) for x in stream)
+    assert stream.skipped == 10 and n == 30
+
+
+def test_strongest_of_records_every_candidate_and_keeps_the_maximum(finetuned, tmp_path):
+    code = main(["uap", "--model", MODEL, "--source", "imagenet", "--method", "best", "--norm", "linf",
+                 "--budget", "192", "--source-limit", "64", "--eval-limit", "64", "--select-limit", "64",
+                 "--controls", "1", "--device", "cpu", "--no-report", "--out", str(tmp_path), "--seed", "1"])
+    assert code == 0
+    from robaudit.results import load_result
+
+    a = load_result(tmp_path / "result.json").attack
+    ran = [c for c in a.candidates if c.skipped is None]
+    assert {c.method for c in a.candidates} == {"fgsm", "sgd", "deepfool"}
+    assert {"fgsm", "sgd"} <= {c.method for c in ran}
+    assert all(c.skipped.startswith("measured cost") for c in a.candidates if c.skipped)
+    chosen = [c for c in a.candidates if c.chosen]
+    assert len(chosen) == 1 and chosen[0].selection_rate == max(c.selection_rate for c in ran)
+    assert a.selection.best_rate == chosen[0].selection_rate and a.budget == 192
+
+
+def test_zero_knowledge_surrogate_never_calls_the_audited_model(finetuned, monkeypatch):
+    """--surrogate pretrained: v is built and chosen on the public ImageNet lite0 with photos only; the
+    audited model (and its images) is first used after v is fixed."""
+    calls = {"n": 0, "at_measure": None}
+    real_load, real_measure = runner.load_model_and_task, runner.measure
+
+    def load(*a, **k):
+        lm, task = real_load(*a, **k)
+        lm.module.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+        return lm, task
+
+    def measure(prep, v):
+        calls["at_measure"] = calls["n"]
+        return real_measure(prep, v)
+
+    monkeypatch.setattr(runner, "load_model_and_task", load)
+    monkeypatch.setattr(runner, "measure", measure)
+    spec = make_spec(model=MODEL, norm="linf", method="sgd", surrogate="pretrained", budget=128, source_limit=96,
+                     **SMALL)
+    r = run_uap(spec, quiet=True).result
+    assert calls["at_measure"] == 0 and calls["n"] > 0
+    a = r.attack
+    assert a.threat_model == "zero-knowledge surrogate" and "ImageNet classifier" in a.surrogate
+    assert a.selection.split == "held-out photos" and a.selection.n >= 9
+    assert any("zero-knowledge" in n for n in r.notes)
+
+
+def test_surrogate_refusals(finetuned, capsys):
+    args = ["uap", "--model", MODEL, "--surrogate", "pretrained", "--device", "cpu", "--no-report"]
+    assert main(args + ["--target", "normal"]) == 2
+    assert main(args + ["--source", "train"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2 and "Traceback" not in err
