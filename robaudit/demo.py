@@ -69,10 +69,10 @@ def demo_recipe(choice: DataChoice, small: bool = False) -> AuditRecipe:
         name="demo", description="robaudit demo: natural-image and training-image UAPs vs random noise, "
         "white-box and zero-knowledge, ImageNet init vs random init",
         tasks=[choice.task.replace(":", "-")], archs=[ARCH], transfers=["full", "scratch"],
-        sources=[choice.source, "train"], norms=["l2"], zetas=[0.04],
+        sources=[choice.source, "train"], norms=["l2"], zetas=[0.04], methods=["best"],
         targets=[choice.target] if choice.target else "none", surrogates=["pretrained"],
-        controls=3 if small else 10, eval_limit=96 if small else 300, source_limit=None if not small else 96,
-        max_iter=None, budget=256 if small else 1500, select_limit=64 if small else 100, patience=6,
+        controls=3 if small else 10, eval_limit=96 if small else 300, source_limit=96 if small else 400,
+        max_iter=2 if small else 4, budget=256 if small else 1500, select_limit=64 if small else 100, patience=6,
         batch_size=32, clip=True, seed=0, device="auto",
         # a random init starts from logits far off (loss ~5 in its first epoch): give the twin more epochs
         train=TrainSettings(epochs=1 if small else 3, scratch_epochs=2 if small else 8, image_size=64,

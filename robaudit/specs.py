@@ -64,7 +64,7 @@ class UAPSpec(BaseModel):
     zeta: float | None = Field(None, allow_inf_nan=False,
                                description="eps as a fraction of the mean Lp norm of the task's images")
     eps: float | None = Field(None, allow_inf_nan=False, description="absolute eps in [0,1] pixel units")
-    method: Method = "fgsm"
+    method: Method = "best"
     mode: Literal["batched", "reference"] = "batched"
     target: str | None = None
     max_iter: int | None = Field(None, ge=1)
@@ -84,7 +84,7 @@ class UAPSpec(BaseModel):
     budget: int | None = Field(None, ge=1, description="augmented photos drawn; default by device (DEFAULT_BUDGET)")
     select: Literal["val", "train", "none"] = Field("val", description="split v is chosen on during the build "
                                                     "(val falls back to train when the task has none)")
-    select_limit: int = Field(200, ge=8, description="selection images")
+    select_limit: int = Field(128, ge=8, description="selection images")
     select_every: int | None = Field(None, ge=1, description="images between checks (default: see select_every_for)")
     patience: int | None = Field(6, ge=1, description="checks without gain before the build stops (None: never)")
     restarts: int = Field(1, ge=1, le=20, description="builds per method with seeds seed, seed+1, ...; best kept")

@@ -27,6 +27,7 @@ max_iter = 1
 device = "cpu"
 augment = false
 select = "none"
+methods = ["fgsm"]
 """
 
 

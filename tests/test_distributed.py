@@ -98,7 +98,7 @@ def setup(tmp_path_factory, data_root):
     torch.save(photos, work / "photos.pt")
     spec = dict(model=NAME, source=str(data_root / "imagenet"), source_limit=N, chunk_size=10, norm="linf",
                 zeta=0.08, max_iter=2, batch_size=8, eval_limit=24, controls=2, device="cpu", seed=1, augment=False,
-                select="none")
+                select="none", method="fgsm")
     cli = ["uap", "--model", NAME, "--source", "train", "--source-limit", "30", "--norm", "l2", "--zeta", "0.1",
            "--max-iter", "2", "--batch-size", "8", "--eval-limit", "24", "--controls", "2", "--device", "cpu",
            "--method", "sgd", "--out", str(work / "cli"), "--json", "--no-report", "--select", "none"]
@@ -211,7 +211,7 @@ def test_amp_bfloat16_on_cpu_keeps_the_verdict(setup):
     assert fp32.ci[0] <= amp.value <= fp32.ci[1]
 
     spec = dict(model=NAME, source="train", source_limit=16, eval_limit=16, max_iter=1, batch_size=8, controls=1,
-                select="none",
+                select="none", method="fgsm",
                 device="cpu")
     assert make_spec(**spec, amp=False).cache_key() == make_spec(**spec).cache_key() != \
         make_spec(**spec, amp=True).cache_key()

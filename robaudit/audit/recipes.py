@@ -87,7 +87,7 @@ class AuditRecipe(_Strict):
     sources: list[str] = Field(default_factory=lambda: ["imagenet", "train"])
     norms: list[Literal["linf", "l2"]] = Field(default_factory=lambda: ["l2"])
     zetas: list[float] = Field(default_factory=lambda: [0.04])
-    methods: list[Literal["fgsm", "deepfool", "sgd", "best"]] = Field(default_factory=lambda: ["fgsm"])
+    methods: list[Literal["fgsm", "deepfool", "sgd", "best"]] = Field(default_factory=lambda: ["best"])
     mode: Literal["batched", "reference"] = "batched"
     targets: Literal["none", "all"] | list[str | int] = "none"
     targeted_also_untargeted: bool = Field(True, description="with targets: also run the non-targeted cells")
@@ -107,7 +107,7 @@ class AuditRecipe(_Strict):
     augment: bool = Field(True, description="photo sources as augmented streams up to `budget` (see robaudit uap)")
     budget: int | None = Field(None, ge=1, description="augmented photos drawn per cell (default: by device)")
     select: Literal["val", "train", "none"] = "val"
-    select_limit: int = Field(200, ge=8)
+    select_limit: int = Field(128, ge=8)
     patience: int | None = Field(6, ge=1)
     restarts: int = Field(1, ge=1, le=20)
     surrogates: list[str] = Field(default_factory=list, description="zero-knowledge cells: for every model and "

@@ -25,7 +25,8 @@ def uap(
     = None,
     eps: Annotated[Optional[float], typer.Option(help="Absolute eps in [0,1] pixel units.")] = None,
     method: Annotated[str, typer.Option(help="fgsm (published), sgd, deepfool, or best (the strongest of fgsm and "
-                                             "sgd, and deepfool when affordable, by the selection split).")] = "fgsm",
+                                             "sgd, and deepfool when affordable, by the selection split; the "
+                                             "default).")] = "best",
     mode: Annotated[str, typer.Option(help="batched (fast) or reference (ART's exact sequential loop).")]
     = "batched",
     target: Annotated[Optional[str], typer.Option(help="Targeted UAP: class index or name.")] = None,
@@ -38,7 +39,7 @@ def uap(
                                           help="Stream photo sources as augmented views up to --budget.")] = True,
     select: Annotated[str, typer.Option(help="Choose v during the build on: val (default; train if the task "
                                              "has no val), train, or none (the blind attacker's last v).")] = "val",
-    select_limit: Annotated[int, typer.Option(help="Selection images.")] = 200,
+    select_limit: Annotated[int, typer.Option(help="Selection images.")] = 128,
     patience: Annotated[Optional[int], typer.Option(help="Stop after N selection checks without gain.")] = 6,
     restarts: Annotated[int, typer.Option(help="Builds per method (seeds seed, seed+1, ...); the best is kept.")]
     = 1,

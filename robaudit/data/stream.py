@@ -27,6 +27,10 @@ from robaudit.data.images import DecodeError, read_image
 from robaudit.data.sources import ImageSource
 from robaudit.errors import BadInput
 
+#: decoded photos kept in memory per process (a few hundred photos re-drawn for a budget of thousands are
+#: decoded once; a 100k-photo source keeps the first that fit)
+CACHE_BYTES = 512 * 2**20
+
 #: random-resized-crop scale range: from a quarter of the photo to all of it (ImageNet training uses 0.08-1;
 #: a UAP must work on whole-image statistics, so very small crops are left out)
 CROP_SCALE = (0.25, 1.0)
@@ -69,6 +73,8 @@ class _Views(Dataset):
     def __init__(self, source: ImageSource, size: int, indices: np.ndarray, seed: int):
         self.source, self.indices, self.seed, self.size = source, indices, seed, size
         self._orders: dict[int, np.ndarray] = {}
+        self._cache: dict[int, np.ndarray] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -82,11 +88,17 @@ class _Views(Dataset):
 
     def __getitem__(self, k: int):
         i = int(self.indices[k])
-        item = self.source.items[self.photo(i)]
-        try:
-            arr = read_image(item) if not isinstance(item, tuple) else item[1]
-        except DecodeError:
-            return None
+        j = self.photo(i)
+        arr = self._cache.get(j)
+        if arr is None:
+            item = self.source.items[j]
+            try:
+                arr = read_image(item) if not isinstance(item, tuple) else item[1]
+            except DecodeError:
+                return None
+            if self._cached_bytes + arr.nbytes <= CACHE_BYTES:
+                self._cache[j] = arr
+                self._cached_bytes += arr.nbytes
         return augmented_view(arr, self.size, np.random.default_rng([self.seed, i, 1]), self.source.grayscale)
 
 

@@ -184,8 +184,10 @@ class TaskData:
         return h.hexdigest()
 
     def data_info(self, split: str, n: int | None = None, sha256: bool = True):
+        # an embedded task is named by its place in the package, not by this machine's install path
+        where = f"robaudit:data/{self.path.parent.name}/{self.path.name}" if self.embedded else str(self.path)
         return DataInfo(name=self.full_name, split=split, n=self.count(split) if n is None else n,
-                        sha256=self.sha256(split) if sha256 else None, view=self.view, path=str(self.path))
+                        sha256=self.sha256(split) if sha256 else None, view=self.view, path=where)
 
     def mean_norm(self, norm: str, size: int, split: str = "train", limit: int | None = 2000, seed: int = 0) -> float:
         """Mean Lp norm of the task's images in [0,1] at the model input size (the published zeta reference)."""

@@ -260,7 +260,7 @@ def _build_one(prep: Prepared, method: str, seed: int, quiet: bool) -> UAPOutcom
                          mode=spec.mode if method == "fgsm" else "batched", max_iter=max_iter,
                          step_size=spec.resolved_step(), batch_size=spec.batch_size, clip=spec.clip, init=prep.init,
                          seed=seed, device=lm.device, progress=on_progress, distributed=prep.group is not None,
-                         selection=selection)
+                         selection=selection, measure_chunks=prep.budget is None)
 
 
 def _deepfool_cost(prep: Prepared) -> float:

@@ -130,6 +130,10 @@ class UAPState:
         if self.progress is not None:
             self.progress(0, f"fooling {rate:.1%}")
 
+    def pass_fooled(self) -> int:
+        """Images of the current (or last) pass already fooled when visited, on this rank."""
+        return int(self._pass_fooled)
+
     def end_pass(self, rate: float) -> None:
         """A method that measures the success rate at the end of a pass (reference fgsm) hands it to the stop rule."""
         self._pass_rate = rate
