@@ -28,9 +28,9 @@ HAVE_SHARED = DATA_ROOT.is_dir() and ((DATA_ROOT / "MANIFEST.md").exists() or an
 NO_SHARED = f"needs the shared real data (../shared/data or $ROBAUDIT_DATA; none at {DATA_ROOT})"
 
 #: test modules built on the shared data (its tasks, its ImageNet photos, models trained on them)
-SHARED_ONLY = {"test_audit", "test_cli", "test_data", "test_distributed", "test_models", "test_persample",
-               "test_ray_executor", "test_reliability", "test_strength", "test_train", "test_uap_engine",
-               "test_uap_run"}
+SHARED_ONLY = {"test_audit", "test_cli", "test_data", "test_distributed", "test_gate", "test_models",
+               "test_persample", "test_ray_executor", "test_reliability", "test_report", "test_report_browser",
+               "test_strength", "test_train", "test_uap_engine", "test_uap_run"}
 
 
 def pytest_collection_modifyitems(config, items):

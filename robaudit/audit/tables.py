@@ -31,8 +31,8 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
     for c in done:
         r, a = c.result, c.result.attack
         rate, crate = c.rate, c.result.control_rate()
-        rows.append([r.model.name, r.model.init, r.model.transfer, a.source, a.norm, a.zeta, a.method,
-                     a.target_name or "-", rate.value, f"[{rate.ci[0]:.3f}, {rate.ci[1]:.3f}]",
+        rows.append([r.model.name, r.model.init, r.model.transfer, a.threat_model or "-", a.source, a.norm, a.zeta,
+                     a.method, a.target_name or "-", rate.value, f"[{rate.ci[0]:.3f}, {rate.ci[1]:.3f}]",
                      crate.value if crate else None,
                      f"[{crate.ci[0]:.3f}, {crate.ci[1]:.3f}]" if crate else "",
                      c.result.comparison.p_value if c.result.comparison else None])
@@ -87,7 +87,8 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
     failed = [{"key": c.key, "cell": c.label, "error": c.error} for c in cells if c.error]
     tables = {
         "1. UAP vs random control (every cell)": {
-            "columns": ["model", "init", "transfer", "source", "norm", "zeta", "method", "target", "rate", "95% CI",
+            "columns": ["model", "init", "transfer", "threat model", "source", "norm", "zeta", "method", "target",
+                        "rate", "95% CI",
                         "control", "control CI", "p (McNemar exact)", f"p ({PVALUE_CORRECTION})"],
             "rows": rows},
         "2. Natural vs training vs random source (non-targeted fooling rate)": {

@@ -102,7 +102,7 @@ def print_audit_summary(doc: dict) -> None:
     c = doc["counts"]
     t = doc["tables"]["1. UAP vs random control (every cell)"]
     cols = t["columns"]
-    keys = ("model", "init", "transfer", "source", "norm", "zeta", "target", "rate", "control")
+    keys = ("model", "init", "transfer", "threat model", "source", "norm", "zeta", "target", "rate", "control")
     idx = {name: cols.index(name) for name in keys}
 
     def cell(row, k):
@@ -113,7 +113,7 @@ def print_audit_summary(doc: dict) -> None:
 
     rows = t["rows"]
     # columns equal in every row go to the caption; the model column only when init+transfer don't name it
-    constant = [k for k in keys[:7] if len({cell(r, k) for r in rows}) == 1 and len(rows) > 1]
+    constant = [k for k in keys[:8] if len({cell(r, k) for r in rows}) == 1 and len(rows) > 1]
     shown = [k for k in keys if k not in constant]
     if "model" in shown and len({cell(r, "model") for r in rows}) == len({(cell(r, "init"), cell(r, "transfer"))
                                                                            for r in rows}):
