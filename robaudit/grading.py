@@ -171,7 +171,7 @@ def cell_label(result: Result) -> str:
     a = result.attack
     parts = [result.model.name]
     if a.kind == "uap":
-        parts.append(a.source or "unknown source")
+        parts.append((a.source or "unknown source") + (" (zero-knowledge)" if a.surrogate else ""))
     parts.append(a.norm.upper() if a.norm == "l2" else "Linf")
     if a.zeta is not None:
         parts.append(f"zeta={a.zeta * 100:g}%")

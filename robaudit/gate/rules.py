@@ -54,6 +54,8 @@ class Selector(_Strict):
     norm: Literal["linf", "l2"] | list[Literal["linf", "l2"]] | None = None
     zeta: float | list[float] | None = None
     method: StrSel = None
+    threat_model: StrSel = Field(default=None, description="white-box natural, zero-knowledge surrogate, "
+                                 "training images (globs)")
     targeted: bool | None = None
     target: int | str | list[int | str] | None = None
 
@@ -70,7 +72,7 @@ class Selector(_Strict):
         a, m = cell.attack, cell.model
         for name, value in (("model", m.name), ("arch", m.arch), ("init", m.init), ("transfer", m.transfer),
                             ("data", cell.data.name), ("split", cell.data.split), ("source", a.source),
-                            ("method", a.method)):
+                            ("method", a.method), ("threat_model", a.threat_model)):
             pats = _listify(getattr(self, name))
             if pats is not None and not any(_glob(str(p), value) for p in pats):
                 return False
