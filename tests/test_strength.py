@@ -132,5 +132,6 @@ def test_surrogate_refusals(finetuned, capsys):
     args = ["uap", "--model", MODEL, "--surrogate", "pretrained", "--device", "cpu", "--no-report"]
     assert main(args + ["--target", "normal"]) == 2
     assert main(args + ["--source", "train"]) == 2
+    assert main(["uap", "--model", MODEL, "--surrogate", "no_such_model", "--device", "cpu", "--no-report"]) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 2 and "Traceback" not in err
+    assert err.count("error:") == 3 and "Traceback" not in err and "not 'pretrained', a trained zoo model" in err

@@ -28,6 +28,7 @@ from robaudit.eval.sources import uap_source
 from robaudit.models import LoadedModel, load_model, load_model_and_task
 from robaudit.models.factory import imagenet_classifier
 from robaudit.models.normalize import Normalized, fast_model
+from robaudit.models.store import is_trained
 from robaudit.provenance import command_line, environment, now_iso
 from robaudit.results import (
     AttackInfo,
@@ -186,6 +187,10 @@ def _surrogate(spec: UAPSpec, lm: LoadedModel) -> tuple[torch.nn.Module, str]:
         b = imagenet_classifier(lm.card.arch, weights_file=spec.weights_file)
         net = Normalized(b.net, b.mean, b.std).to(lm.device).eval()
         return net, f"{lm.card.arch} ImageNet classifier ({b.weights})"
+    if not Path(spec.surrogate).is_file() and not is_trained(spec.surrogate):
+        raise BadInput(f"--surrogate {spec.surrogate!r} is not 'pretrained', a trained zoo model or a checkpoint file",
+                       "pass --surrogate pretrained (the public ImageNet model of the audited arch), a name from "
+                       "'robaudit models list', or a checkpoint path")
     other = load_model(spec.surrogate, device=spec.device, trust_checkpoint=spec.trust_checkpoint)
     return other.module, other.card.name
 
