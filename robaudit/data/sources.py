@@ -100,7 +100,7 @@ class ImageSource:
     def _chunks_workers(self, size, chunk_size, strict, workers, transform):
 
         ds = _DecodeDataset(self, transform)
-        loader = DataLoader(ds, batch_size=chunk_size, num_workers=workers, collate_fn=_collate_ok,
+        loader = DataLoader(ds, batch_size=chunk_size, num_workers=workers, collate_fn=collate_decoded,
                             pin_memory=torch.cuda.is_available())
         for x, bad in loader:
             if bad and strict:
@@ -132,8 +132,8 @@ class _DecodeDataset:
             return None
 
 
-def _collate_ok(batch):
-
+def collate_decoded(batch):
+    """A DataLoader batch of decoded images, the undecodable ones (None) dropped: (tensor, how many dropped)."""
     ok = [b for b in batch if b is not None]
     return (torch.stack(ok) if ok else torch.zeros(0)), len(batch) - len(ok)
 

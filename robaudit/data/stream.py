@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
 from robaudit.data.images import DecodeError, read_image
-from robaudit.data.sources import ImageSource
+from robaudit.data.sources import ImageSource, collate_decoded
 from robaudit.errors import BadInput
 
 #: decoded photos kept in memory per process (a few hundred photos re-drawn for a budget of thousands are
@@ -102,11 +102,6 @@ class _Views(Dataset):
         return augmented_view(arr, self.size, np.random.default_rng([self.seed, i, 1]), self.source.grayscale)
 
 
-def _collate(batch):
-    ok = [b for b in batch if b is not None]
-    return (torch.stack(ok) if ok else torch.zeros(0)), len(batch) - len(ok)
-
-
 @dataclass
 class AugmentedStream:
     """``budget`` augmented views of ``source`` at ``size`` px, in chunks of ``chunk_size`` (re-iterable)."""
@@ -141,7 +136,7 @@ class AugmentedStream:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         views = _Views(self.source, self.size, np.arange(self.rank, self.budget, self.world), self.seed)
-        loader = DataLoader(views, batch_size=self.chunk_size, num_workers=self.workers, collate_fn=_collate,
+        loader = DataLoader(views, batch_size=self.chunk_size, num_workers=self.workers, collate_fn=collate_decoded,
                             pin_memory=torch.cuda.is_available() and self.workers > 0)
         delivered = 0
         for x, bad in loader:

@@ -78,7 +78,7 @@ class Prepared:
     init: torch.Tensor | None
     group: DistributedGroup | None
     budget: int | None = None
-    builder: torch.nn.Module | None = None  # the model v is built on: the audited one, or a surrogate
+    builder: torch.nn.Module | None = None  # set by prepare: the audited model, or a surrogate
     surrogate: str | None = None
     select_split: str | None = None
     select_score: object = None  # v -> success rate on the selection images
@@ -198,12 +198,13 @@ def _surrogate(spec: UAPSpec, lm: LoadedModel) -> tuple[torch.nn.Module, str]:
 def _scorer(model: torch.nn.Module, x: torch.Tensor, target: int | None, clip: bool, device):
     """``score(v)``: success of v on ``x`` for ``model`` (fooling vs its clean predictions, or the target)."""
     clean = predict(model, x, None, clip=clip, batch_size=256, device=device)
+    return lambda v: _success_rate(model, x, clean, v, target, clip, device)
 
-    def score(v: torch.Tensor) -> float:
-        adv = predict(model, x, v, clip=clip, batch_size=256, device=device)
-        return float(success_vector(clean.numpy(), adv.numpy(), target).mean())
 
-    return score
+def _success_rate(model, x: torch.Tensor, clean: torch.Tensor, v: torch.Tensor, target: int | None, clip: bool,
+                  device) -> float:
+    adv = predict(model, x, v, clip=clip, batch_size=256, device=device)
+    return float(success_vector(clean.numpy(), adv.numpy(), target).mean())
 
 
 def build(prep: Prepared, quiet: bool) -> UAPOutcome:
@@ -253,8 +254,7 @@ def _build_one(prep: Prepared, method: str, seed: int, quiet: bool) -> UAPOutcom
     if prep.select_score is not None:
         selection = Selection(prep.select_score, every=spec.select_every_for(max_iter * prep.source_n),
                               patience=spec.patience, keep=True)
-    net0 = prep.builder if prep.builder is not None else lm.module
-    with progress(disable=quiet or not prep.is_main) as prog, fast_model(net0, lm.device, spec.amp) as net:
+    with progress(disable=quiet or not prep.is_main) as prog, fast_model(prep.builder, lm.device, spec.amp) as net:
         bar = prog.add_task(f"UAP {method}/{spec.mode} on {spec.source}" + (f" seed {seed}" if spec.restarts > 1
                             else ""), total=max_iter * prep.source_n, status="")
 
@@ -307,9 +307,8 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
         comparison = compare_to_control(success_vector(clean.numpy(), adv.numpy(), prep.target), outcomes)
     sel = prep.outcome.selection if prep.outcome is not None else None
     if sel is not None:  # each checked v on the reported split: the trajectory's test rates
-        prep.test_rates = [float(success_vector(clean.numpy(), predict(lm.module, prep.x_eval, vk, clip=spec.clip,
-                                                                       batch_size=256, device=lm.device).numpy(),
-                                                prep.target).mean()) for vk in sel.snapshots]
+        prep.test_rates = [_success_rate(lm.module, prep.x_eval, clean, vk, prep.target, spec.clip, lm.device)
+                           for vk in sel.snapshots]
     return Measured(clean, adv, metrics, achieved, control, comparison)
 
 
