@@ -180,6 +180,8 @@ def cell_label(result: Result) -> str:
     parts.append(a.method)
     if a.targeted:
         parts.append(f"\u2192 {a.target_name or a.target}")
+    if result.pooled is not None:
+        parts.append(f"pooled over {len(result.pooled.replicates)} replicates")
     return " / ".join(str(p) for p in parts)
 
 

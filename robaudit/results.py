@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from robaudit.errors import BadInput
 from robaudit.io import read_json, validate
 
-SCHEMA_VERSION = "1.1"  # 1.1: attacker strength (threat model, budget, selection, candidates)
+SCHEMA_VERSION = "1.2"  # 1.1: attacker strength (threat model, budget, selection, candidates); 1.2: replicates
 SCHEMA_PATH = Path(__file__).parent / "schema" / "result.schema.json"
 
 
@@ -94,6 +94,8 @@ class ModelInfo(_Model):
     classes: list[str]
     input_size: int | None = None
     sha256: str | None = None
+    replicate: int | None = Field(default=None, description="training replicate (zoo NAME@R); None: a pooled "
+                                  "row or a model outside replicated training")
 
 
 class DataInfo(_Model):
@@ -191,6 +193,24 @@ class MinNorm(_Model):
     values: list[float] = Field(default_factory=list)
 
 
+class PooledInfo(_Model):
+    """A row pooled over training replicates: the unit of inference is the training run.
+
+    ``rates[i]`` is replicate ``replicates[i]``'s rate (the mean over its attack seeds); the pooled rate is
+    their mean with a t-interval over replicates (df = R - 1), the control likewise, and the comparison a
+    paired t-test of (UAP - control) over replicates."""
+
+    replicates: list[int]
+    rates: list[float]
+    control_rates: list[float] = Field(default_factory=list)
+    attack_seeds: int = Field(1, description="attack seeds per replicate (their rates are averaged first)")
+    between_replicate_sd: float | None = Field(default=None, description="SD of the replicate rates")
+    within_replicate_sd: float | None = Field(default=None, description="mean SD over attack seeds within a "
+                                              "replicate (None with one seed)")
+    interval: str = "t over replicates"
+    cells: list[str] = Field(default_factory=list, description="the pooled cells' folders")
+
+
 class Result(_Model):
     """One attack run: a UAP (``attack.kind == 'uap'``) or a per-sample attack."""
 
@@ -207,6 +227,7 @@ class Result(_Model):
     comparison: Comparison | None = None
     per_eps: list[EpsilonResult] | None = None
     min_norm: MinNorm | None = None
+    pooled: PooledInfo | None = Field(default=None, description="set on a row pooled over training replicates")
     artifacts: dict[str, str] = Field(default_factory=dict, description="file names in the run folder")
     notes: list[str] = Field(default_factory=list)
 

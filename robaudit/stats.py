@@ -65,3 +65,28 @@ def adjust_pvalues(pvalues: list[float], method: str = "holm") -> list[float]:
     if not pvalues:
         return []
     return [float(p) for p in multipletests(pvalues, method=method)[1]]
+
+
+REPLICATE_INTERVAL = "t over replicates"
+REPLICATE_TEST = "paired t-test over replicates"
+
+
+def paired_replicate_test(a: list[float] | np.ndarray, b: list[float] | np.ndarray,
+                          confidence: float = 0.95) -> dict:
+    """Paired t-test of per-replicate rates ``a`` vs ``b`` (replicate i of each, same training seed).
+
+    The training run is the unit: the test sees R differences, df = R - 1 (scipy ``ttest_rel``). Returns the
+    mean difference, its t-interval, t, df and the two-sided p. Identical differences in every replicate
+    (no spread to test against) give p = 1, said in ``degenerate``: a conservative answer, never a 0."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError("a paired replicate test needs two equal-length lists of at least 2 rates")
+    d = a - b
+    mean = float(d.mean())
+    if np.allclose(d, d[0]):
+        return {"mean_difference": mean, "ci": (mean, mean), "t": None, "df": int(d.size - 1), "p_value": 1.0,
+                "degenerate": True}
+    res = stats.ttest_rel(a, b)
+    lo, hi = stats.t.interval(confidence, d.size - 1, loc=mean, scale=stats.sem(d))
+    return {"mean_difference": mean, "ci": (float(lo), float(hi)), "t": float(res.statistic), "df": int(d.size - 1),
+            "p_value": float(res.pvalue), "degenerate": False}

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from robaudit.errors import BadInput, unknown_name
 from robaudit.io import read_text, validate
-from robaudit.models.zoo import model_name
+from robaudit.models.zoo import REPLICATE_SEP, model_name, replicate_name
 from robaudit.specs import UAPSpec
 
 if sys.version_info >= (3, 11):
@@ -100,6 +100,12 @@ class AuditRecipe(_Strict):
     clip: bool = True
     seed: int = 0
     seeds: list[int] = Field(default_factory=list, description="repeat every cell for each seed")
+    replicates: int = Field(1, ge=1, le=100, description="training replicates of every zoo model (NAME, NAME@1, ...): "
+                            "cells run per replicate and pooled rows use the replicates as the unit (>= 3 for a "
+                            "comparison)")
+    attack_seeds: int | None = Field(None, ge=1, le=100, description="K attack seeds per cell (seed .. seed+K-1), "
+                                     "averaged within a replicate, so attack-seed variance is reported apart "
+                                     "from training variance; exclusive with `seeds`")
     device: str = "auto"
     transfer_eval: bool = True
     train: TrainSettings = Field(default_factory=TrainSettings)
@@ -113,6 +119,8 @@ class AuditRecipe(_Strict):
     surrogates: list[str] = Field(default_factory=list, description="zero-knowledge cells: for every model and "
                                   "photo source, a non-targeted UAP built on each surrogate ('pretrained' = the public "
                                   "ImageNet model of the model's arch, or a zoo name / checkpoint)")
+    harden: bool = Field(False, description="add hardened twins (robaudit harden) of the zoo models, set apart from "
+                         "this audit's photos, selection images and seeds; the document gains a mitigation section")
 
     @field_validator("zetas")
     @classmethod
@@ -128,7 +136,24 @@ class AuditRecipe(_Strict):
         # 'random' names the random-noise control, which every cell already measures
         return [s for s in v if s != "random"]
 
-    def model_names(self) -> list[str]:
+    @model_validator(mode="after")
+    def _seeds(self) -> AuditRecipe:
+        if self.attack_seeds is not None and self.seeds:
+            raise ValueError("give `attack_seeds` (a count) or `seeds` (a list), not both")
+        replicated = [m for m in self.models if REPLICATE_SEP in m]
+        if replicated and self.replicates > 1:
+            raise ValueError(f"models {replicated} name a replicate while replicates = {self.replicates}; "
+                             "list base names and let `replicates` expand them")
+        return self
+
+    def attack_seed_list(self) -> list[int]:
+        """The attack seeds every cell runs with: ``seeds``, or ``seed .. seed+attack_seeds-1``, or ``[seed]``."""
+        if self.attack_seeds is not None:
+            return list(range(self.seed, self.seed + self.attack_seeds))
+        return list(self.seeds) or [self.seed]
+
+    def base_names(self) -> list[str]:
+        """The recipe's zoo models, one name per configuration (replicate 0)."""
         names = list(self.models)
         for task, arch, transfer in itertools.product(self.tasks, self.archs, self.transfers):
             top_k = int(transfer[3:]) if transfer.startswith("top") and transfer[3:].isdigit() else None
@@ -136,12 +161,16 @@ class AuditRecipe(_Strict):
             names.append(model_name(task, arch, kind, top_k))
         return list(dict.fromkeys(names))
 
+    def model_names(self) -> list[str]:
+        """Every zoo model the recipe runs: each configuration's replicates (``NAME``, ``NAME@1``, ...)."""
+        return [replicate_name(n, r) for n in self.base_names() for r in range(self.replicates)]
+
     def cells(self, classes_of) -> list[UAPSpec]:
         """Expand the matrix; ``classes_of(model)`` gives a model's class names (for ``targets = 'all'``)."""
         specs = []
         models = [(n, None) for n in self.model_names()] + [(c.name or Path(c.path).stem, c) for c in self.checkpoints]
         for (name, ckpt), source, norm, zeta, method, seed in itertools.product(
-                models, self.sources, self.norms, self.zetas, self.methods, self.seeds or [self.seed]):
+                models, self.sources, self.norms, self.zetas, self.methods, self.attack_seed_list()):
             if self.targets == "none":
                 targets: list = [None]
             elif self.targets == "all":

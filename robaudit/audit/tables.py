@@ -14,13 +14,15 @@ from robaudit import __version__
 from robaudit.attacks.lp import project
 from robaudit.attacks.predict import predict
 from robaudit.audit.cells import Cell
+from robaudit.audit.mitigation_stats import mitigation_doc
+from robaudit.audit.pooled import pool_results, pooled_comparisons
 from robaudit.audit.recipes import AuditRecipe
 from robaudit.data import load_task
 from robaudit.data.images import resize_batch
 from robaudit.grading import FAMILY_NOTE, PVALUE_CORRECTION, adjust_family, cell_pvalues
 from robaudit.models import load_model
 from robaudit.provenance import command_line, environment, now_iso
-from robaudit.stats import mcnemar_exact
+from robaudit.stats import REPLICATE_INTERVAL, REPLICATE_TEST, mcnemar_exact
 
 AUDIT_KIND = "audit"
 
@@ -36,7 +38,8 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
                      crate.value if crate else None,
                      f"[{crate.ci[0]:.3f}, {crate.ci[1]:.3f}]" if crate else "",
                      c.result.comparison.p_value if c.result.comparison else None])
-    pvals = cell_pvalues([c.result for c in done])
+    pooled = pool_results([c.result for c in done])
+    pvals = cell_pvalues([c.result for c in done] + pooled)
 
     # ImageNet init vs random init / linear / top-k on the same images: exact paired test
     init_rows, init_p = [], []
@@ -44,7 +47,7 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
     for c in done:
         a = c.result.attack
         recipe_key = (c.result.model.task, c.result.model.arch, a.source, a.norm, round(a.zeta, 6), a.method,
-                      a.target, a.seed, a.surrogate)
+                      a.target, a.seed, a.surrogate, c.result.model.replicate)  # replicate R against replicate R
         by_setting[recipe_key].append(c)
     for key, group in by_setting.items():
         base = [c for c in group if c.result.model.init == "imagenet" and c.result.model.transfer == "full"]
@@ -61,13 +64,18 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
                                   f"{o.result.model.name} ({o.result.model.init}/{o.result.model.transfer})",
                                   o.rate.value, p])
                 init_p.append(p)
+    comparisons = pooled_comparisons(pooled)
+    other_p = init_p + [c["p_value"] for c in comparisons]
 
-    cell_adj, init_adj = adjust_family(pvals, init_p)
-    for row, p, adj in zip(rows, pvals, cell_adj, strict=True):
+    cell_adj, other_adj = adjust_family(pvals, other_p)
+    for row, p, adj in zip(rows, pvals, cell_adj, strict=False):  # pvals: the cells, then the pooled rows
         row.append(adj if adj is not None else p)  # a family of one test: its own p
-    for row, adj in zip(init_rows, init_adj, strict=True):
+    for row, adj in zip(init_rows, other_adj, strict=False):
         row.append(adj)
-    family_size = sum(p is not None for p in pvals) + len(init_p)
+    pooled_rows = [_pooled_row(r, p, adj) for r, p, adj in zip(pooled, pvals[len(done):], cell_adj[len(done):],
+                                                                 strict=True)]
+    comparison_rows = [_comparison_row(c, adj) for c, adj in zip(comparisons, other_adj[len(init_p):], strict=True)]
+    family_size = sum(p is not None for p in pvals) + len(other_p)
 
     sources_rows = []
     by_model_setting = defaultdict(dict)
@@ -103,6 +111,19 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
         tables[f"4.{i + 1} Transfer: {m['title']}"] = {
             "columns": ["UAP built on \\ evaluated on"] + m["cols"],
             "rows": [[r] + vals for r, vals in zip(m["rows"], m["values"], strict=True)]}
+    if pooled_rows:
+        tables["6. Pooled over training replicates (replicate = unit; t-interval over replicates)"] = {
+            "columns": ["model", "threat model", "source", "norm", "zeta", "method", "target", "replicates",
+                        "per-replicate rates", "pooled rate", "95% CI (t)", "control", "control CI",
+                        "between-replicate SD", "within (attack seeds) SD", "p (paired t vs control)",
+                        f"p ({PVALUE_CORRECTION})"],
+            "rows": pooled_rows}
+    if comparison_rows:
+        tables["7. ImageNet full vs other configurations, pooled (paired t-test by replicate)"] = {
+            "columns": ["arch", "source", "norm", "zeta", "method", "target", "ImageNet full", "mean rate", "other",
+                        "mean rate", "mean difference", "95% CI (t)", "t", "df", "p (paired t)",
+                        f"p ({PVALUE_CORRECTION})"],
+            "rows": comparison_rows}
     if failed:
         tables["5. Failed cells"] = {"columns": ["cell", "error"], "rows": [[f["cell"], f["error"]] for f in failed]}
     return {
@@ -113,11 +134,44 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
         "counts": {"cells": len(cells), "done": len(done), "failed": len(failed),
                    "cached": sum(c.cached for c in cells)},
         "multiple_comparison": {"method": PVALUE_CORRECTION, "family_size": family_size, "note": FAMILY_NOTE,
-                                "comparison_p_values": init_p},
-        "cells": [_cell_json(c) for c in done],
+                                "comparison_p_values": other_p},
+        "cells": [_cell_json(c) for c in done] + [json.loads(r.model_dump_json()) for r in pooled],
+        "replicates": {"per_configuration": recipe.replicates, "attack_seeds": len(recipe.attack_seed_list()),
+                       "pooled_rows": len(pooled), "interval": REPLICATE_INTERVAL, "test": REPLICATE_TEST,
+                       "comparisons": [_comparison_json(c) for c in comparisons]},
         "failed": failed, "tables": tables,
         "transfer": matrices[0] if matrices else None, "transfer_matrices": matrices,
+        **mitigation_doc(recipe, done, tables),
     }
+
+
+def _rates(values) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)
+
+
+def _pooled_row(r, p, adj) -> list:
+    a, info, rate, ctrl = r.attack, r.pooled, r.primary_rate(), r.control_rate()
+    return [r.model.name, a.threat_model or "-", a.source, a.norm, a.zeta, a.method, a.target_name or "-",
+            len(info.replicates), _rates(info.rates), rate.value, f"[{rate.ci[0]:.3f}, {rate.ci[1]:.3f}]",
+            ctrl.value if ctrl else None, f"[{ctrl.ci[0]:.3f}, {ctrl.ci[1]:.3f}]" if ctrl else "",
+            info.between_replicate_sd, info.within_replicate_sd, p, adj if adj is not None else p]
+
+
+def _comparison_row(c: dict, adj: float) -> list:
+    b, o = c["base"], c["other"]
+    a = b.attack
+    return [b.model.arch, a.source, a.norm, a.zeta, a.method, a.target_name or "-", b.model.name,
+            float(np.mean(c["base_rates"])), f"{o.model.name} ({o.model.init}/{o.model.transfer})",
+            float(np.mean(c["other_rates"])), c["mean_difference"], f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]",
+            c["t"], c["df"], c["p_value"], adj]
+
+
+def _comparison_json(c: dict) -> dict:
+    return {"base": c["base"].model.name, "other": c["other"].model.name, "source": c["base"].attack.source,
+            "norm": c["base"].attack.norm, "zeta": c["base"].attack.zeta, "method": c["base"].attack.method,
+            "target": c["base"].attack.target, "surrogate": c["base"].attack.surrogate,
+            **{k: c[k] for k in ("replicates", "base_rates", "other_rates", "mean_difference", "ci", "t", "df",
+                                 "p_value", "degenerate")}}
 
 
 def _cell_json(cell: Cell) -> dict:

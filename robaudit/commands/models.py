@@ -36,16 +36,18 @@ def list_(
             rows.append({"name": n, "task": card.task, "arch": card.arch, "transfer": card.transfer, "trained": True})
     for r in rows:
         c = trained.get(r["name"])
+        r["replicate"] = c.replicate if c else None  # NAME@R rows sit beside NAME (replicate 0)
         r["test_accuracy"] = c.metrics.get("test_accuracy") if c else None
         r["input_size"] = c.input_size if c else None
     if json_out:
         print_json({"store": str(store), "models": rows})
         return
     table = Table(title=f"Model zoo (store: {store}); any timm arch works as <task>_<arch>")
-    for col in ("name", "task", "arch", "init / transfer", "trained", "size", "test acc"):
+    for col in ("name", "replicate", "task", "arch", "init / transfer", "trained", "size", "test acc"):
         table.add_column(col)
     for r in sorted(rows, key=lambda r: (not r["trained"], r["name"])):
-        table.add_row(r["name"], r["task"] or "", r["arch"], r["transfer"] or "",
+        rep = "" if r["replicate"] is None else str(r["replicate"])
+        table.add_row(r["name"], rep, r["task"] or "", r["arch"], r["transfer"] or "",
                       "[green]yes[/]" if r["trained"] else "no", str(r["input_size"] or ""),
                       f"{r['test_accuracy']:.3f}" if r["test_accuracy"] is not None else "")
     err.print(table)
@@ -59,7 +61,10 @@ def train(
     = None,
     image_size: Annotated[int, typer.Option(help="Input size in px (paper: 299 on a GPU).")] = 64,
     optimizer: Annotated[str, typer.Option(help="adamw or sgd (Nesterov, as published).")] = "adamw",
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the training subset and of replicate 0.")] = 0,
+    replicate: Annotated[Optional[int], typer.Option(
+        min=0, help="Training replicate R (stored as MODEL@R; 0 = MODEL): its own initialisation, data order and "
+        "augmentation, paired across configurations.")] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Rotation 5 deg, 5% shifts, flips.")]
     = True,
     balanced: Annotated[bool, typer.Option("--balanced", help="Class-balanced sampling.")] = False,
@@ -75,16 +80,18 @@ def train(
     from robaudit.console import err, print_json
     from robaudit.io import validate
     from robaudit.models.train import TrainConfig, check_trainable, train_model
+    from robaudit.models.zoo import with_replicate
 
     cfg = validate(TrainConfig, dict(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                                      optimizer=optimizer, seed=seed, augment=augment, balanced=balanced,
                                      train_limit=train_limit, weights_file=weights_file), flag=True)
+    model = with_replicate(model, replicate)
     check_trainable(model)
     card = train_model(model, cfg, device=device, resume=not restart, quiet=json_out)
     if json_out:
         print_json(card.model_dump())
         return
     m = card.metrics
-    err.print(f"[green]trained[/] {card.name}: test accuracy {m['test_accuracy']:.3f} "
+    err.print(f"[green]trained[/] {card.name} (replicate {card.replicate}): test accuracy {m['test_accuracy']:.3f} "
               f"(majority class {m['test_majority_rate']:.3f}), val {m['val_accuracy']:.3f}, "
               f"{m['seconds']:.0f} s; weights from {card.weights_source}")

@@ -58,6 +58,8 @@ class Selector(_Strict):
                                  "training images (globs)")
     targeted: bool | None = None
     target: int | str | list[int | str] | None = None
+    pooled: bool | None = Field(default=None, description="true: only rows pooled over training replicates; "
+                                "false: only single-model cells")
 
     @field_validator("norm", mode="before")
     @classmethod
@@ -77,6 +79,8 @@ class Selector(_Strict):
             if pats is not None and not any(_glob(str(p), value) for p in pats):
                 return False
         if self.kind is not None and a.kind != self.kind:
+            return False
+        if self.pooled is not None and (cell.pooled is not None) != self.pooled:
             return False
         if self.source_kind is not None and source_kind(cell) != self.source_kind:
             return False
@@ -309,7 +313,114 @@ class RequireCells(GateRule):
                       float(self.min_count), ">=", self.description)]
 
 
+def hardened_pairs(cells: list[Result], select: Selector, targeted: bool | None = None) -> list[tuple[Result, Result]]:
+    """(original, hardened) UAP cells of the same attack on the same images (``robaudit harden`` or an audit
+    recipe with ``harden = true``); a pair is selected when ``select`` matches either cell."""
+    from robaudit.models.zoo import hardened_name  # lazily: the gate itself needs no model code
+
+    def key(c: Result) -> tuple:
+        a, d = c.attack, c.data
+        return (d.name, d.split, d.n, d.sha256, a.source, a.norm, round(a.zeta or 0.0, 6), a.method, a.target,
+                a.surrogate, a.seed)
+
+    uap = [c for c in cells if c.attack.kind == "uap" and c.metrics is not None
+           and (targeted is not None or not c.attack.targeted)]
+    by_key = {(c.model.name, key(c)): c for c in uap}
+    out = []
+    for o in uap:
+        h_name = hardened_name(o.model.name)
+        h = by_key.get((h_name, key(o))) if h_name != o.model.name else None
+        if h is not None and (select.matches(o) or select.matches(h)):
+            out.append((o, h))
+    return out
+
+
+def balanced_accuracy(cell: Result) -> float | None:
+    """Mean over classes (with images) of the clean accuracy: a one-class model scores 1/K, however skewed."""
+    accs = [c.clean_accuracy for c in cell.metrics.per_class if c.n and c.clean_accuracy is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
+class _PairRule(GateRule):
+    """A rule over (original, hardened) cell pairs; an error (or skip, if optional) when no pair matches."""
+
+    def pairs(self, cells: list[Result]) -> list[tuple[Result, Result]]:
+        return hardened_pairs(cells, self.select, self.select.targeted)
+
+    def evaluate(self, cells: list[Result], ctx: Context) -> list[Check]:
+        sel = self.select.describe()
+        pairs = self.pairs(cells)
+        if not pairs:
+            status = "skipped" if self.optional else "error"
+            return [Check(self.id, self.kind, sel, status, f"rule {self.id!r} finds no original/hardened cell pair "
+                          f"({sel}); gate the document 'robaudit harden' wrote", description=self.description,
+                          selector=sel)]
+        checks = [ch for o, h in pairs if (ch := self.check_pair(o, h, ctx)) is not None]
+        for ch in checks:
+            ch.selector = sel
+        return checks
+
+    def check_pair(self, original: Result, hardened: Result, ctx: Context) -> Check | None:
+        raise NotImplementedError
+
+
+class MinUAPReduction(_PairRule):
+    """Hardening lowered each matched UAP cell's fooling rate (targeted success for targeted cells, when the
+    selector names ``targeted``) by at least ``min`` absolute points, both UAPs built against their own model
+    on the same images. ``bound = "lower"``: the lower end of Newcombe's interval for the difference, which
+    ignores the pairing and so is conservative for paired images."""
+
+    kind: Literal["min_uap_reduction"]
+    min: float = Field(ge=-1, le=1, description="absolute points of fooling rate, 0.1 = 10 points")
+    bound: Literal["value", "lower"] = "value"
+
+    def check_pair(self, original: Result, hardened: Result, ctx: Context) -> Check:
+        rb, ra = original.primary_rate(), hardened.primary_rate()
+        v = rb.value - ra.value
+        if self.bound == "lower":
+            from statsmodels.stats.proportion import confint_proportions_2indep
+
+            v = float(confint_proportions_2indep(rb.k, rb.n, ra.k, ra.n, method="newcomb")[0])
+        return _limit(self, f"{cell_label(original)} -> {hardened.model.name}",
+                      f"UAP rate reduction {_BOUND_TEXT[self.bound]}", v, self.min, ">=",
+                      f"before {pct(rb.value)} (n={rb.n}), after {pct(ra.value)} (n={ra.n})")
+
+
+class MaxAccuracyDrop(_PairRule):
+    """Hardening cost at most ``max`` of balanced accuracy (``metric = "clean"``: plain accuracy) on the
+    evaluated images; a hardened model at chance balanced accuracy (collapsed to one class) always fails."""
+
+    kind: Literal["max_accuracy_drop"]
+    max: float = Field(0.03, ge=0, le=1)
+    metric: Literal["balanced", "clean"] = "balanced"
+
+    def pairs(self, cells: list[Result]) -> list[tuple[Result, Result]]:
+        seen, out = set(), []
+        for o, h in hardened_pairs(cells, self.select, True):
+            k = (o.model.name, h.model.name, o.data.name, o.data.split, o.data.n, o.attack.seed)
+            if k not in seen:
+                seen.add(k)
+                out.append((o, h))
+        return out
+
+    def check_pair(self, original: Result, hardened: Result, ctx: Context) -> Check:
+        if self.metric == "clean":
+            b, a = original.metrics.clean_accuracy, hardened.metrics.clean_accuracy
+        else:
+            b, a = balanced_accuracy(original), balanced_accuracy(hardened)
+        subject = f"{hardened.model.name} vs {original.model.name} on {original.data.name}/{original.data.split}"
+        if b is None or a is None:
+            return self.error(hardened, f"{subject}: no per-class accuracy to compare")
+        k = len(hardened.model.classes) or 2
+        check = _limit(self, subject, f"{self.metric} accuracy drop", b - a, self.max, "<=",
+                       f"before {pct(b)}, after {pct(a)}, n={original.data.n}")
+        if a <= 1.0 / k + 0.05:
+            check.status = "fail"
+            check.message += f"; the hardened model is at chance ({pct(a)} balanced accuracy): it collapsed"
+        return check
+
+
 #: every rule kind; a policy's ``[[rule]]`` tables are parsed into these by their ``kind``
 RULES = (MaxFoolingRate, MaxTargetedSuccess, MaxControlRatio, MinCleanAccuracy, MaxPerSampleSuccess, MaxSeverity,
-         RequireCells)
+         RequireCells, MinUAPReduction, MaxAccuracyDrop)
 RULE_KINDS = tuple(r.model_fields["kind"].annotation.__args__[0] for r in RULES)

@@ -33,7 +33,7 @@ class LoadedModel:
         init = self.card.init if self.card.init in ("imagenet", "random") else "unknown"
         return ModelInfo(name=self.card.name, arch=self.card.arch, init=init, transfer=self.card.transfer,
                          task=self.card.task, classes=self.classes, input_size=self.card.input_size,
-                         sha256=self.card.weights_sha256)
+                         sha256=self.card.weights_sha256, replicate=self.card.replicate)
 
     def resolve_target(self, target: str | int | None) -> int | None:
         """A target class given as an index or a (case-insensitive, unique-prefix) class name."""

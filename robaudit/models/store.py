@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save
 from robaudit import settings
 from robaudit.errors import BadInput, UnsafeCheckpoint
 from robaudit.io import atomic_write_bytes, atomic_write_text, read_model
+from robaudit.models.zoo import canonical_name
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -35,6 +36,7 @@ class ModelCard(BaseModel):
     weights_source: str | None = None
     transfer: str | None = None
     top_k: int | None = None
+    replicate: int | None = Field(None, ge=0, description="training replicate (NAME@R); None: not a zoo training run")
     task: str | None = None
     classes: list[str] = Field(min_length=1)
     #: bounded so a typo (1e9, -64) is one line here, not an out-of-memory or a resize error mid-run
@@ -72,11 +74,12 @@ def store_root() -> Path:
 
 
 def model_dir(name: str) -> Path:
-    return store_root() / name
+    """A model's folder; ``NAME@0`` is ``NAME`` (replicate 0), ``NAME@R`` its own folder beside it."""
+    return store_root() / canonical_name(name)
 
 
 def is_trained(name: str) -> bool:
-    d = store_root() / name
+    d = model_dir(name)
     return (d / WEIGHTS).is_file() and (d / CARD).is_file()
 
 

@@ -1,5 +1,11 @@
 """Transfer-learning trainer: full fine-tuning, top-k stages, linear probe, or from scratch.
 
+Training replicates (``NAME@R``) differ only in the run's randomness: replicate R seeds the head (or
+whole-net) initialisation, the data order and the augmentation from ``(seed, R)``; the training subset
+stays the one ``seed`` picks. Replicate R of two configurations (fine-tune and random init) therefore
+sees the same batches in the same order, so their difference is paired; replicate 0 is the single
+model of earlier releases (its seed is ``seed`` itself).
+
 Each finished epoch is checkpointed (``train_state.safetensors`` + ``train_state.json``) so an
 interrupted run resumes from the last finished epoch with the same result as an uninterrupted one.
 """
@@ -51,6 +57,13 @@ class TrainConfig(BaseModel):
 
     def fingerprint(self, name: str) -> str:
         return hashlib.sha256((name + self.model_dump_json()).encode()).hexdigest()[:16]
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed of training replicate ``replicate`` (``seed`` itself for replicate 0, as before replicates)."""
+    if replicate == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, replicate]).generate_state(1)[0])
 
 
 def _default_lr(transfer: str) -> float:
@@ -121,10 +134,15 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
 
     cfg = config or TrainConfig()
     recipe = parse_zoo_name(name)
+    if recipe.hardened:
+        raise BadInput(f"{name!r} is made by 'robaudit harden', not trained",
+                       f"run 'robaudit harden {recipe.base.removesuffix('_hardened')}'")
+    name = recipe.name  # NAME@0 is NAME
     task = load_task(recipe.task_ref, size=cfg.image_size)
     dev = resolve_device(device)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    run_seed = replicate_seed(cfg.seed, recipe.replicate)
+    torch.manual_seed(run_seed)
+    np.random.seed(run_seed % 2**32)
 
     bb = create_backbone(recipe.arch, task.num_classes, pretrained=recipe.init == "imagenet",
                          weights_file=cfg.weights_file)
@@ -173,7 +191,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
         bar = prog.add_task(f"train {name}", total=cfg.epochs * steps_per_epoch, status="",
                             completed=start_epoch * steps_per_epoch)
         for epoch in range(start_epoch, cfg.epochs):
-            gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            gen = torch.Generator().manual_seed(run_seed * 1000 + epoch)
             if weights is not None:
                 order = torch.multinomial(weights, len(x_tr), replacement=True, generator=gen)
             else:
@@ -228,12 +246,14 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
     majority = float(np.bincount(y_te.numpy()).max() / len(y_te))
     card = ModelCard(
         name=name, arch=recipe.arch, init=recipe.init, weights_source=bb.weights, transfer=recipe.transfer,
-        top_k=recipe.top_k, task=task.full_name, classes=task.label_names, input_size=cfg.image_size,
+        top_k=recipe.top_k, replicate=recipe.replicate, task=task.full_name, classes=task.label_names,
+        input_size=cfg.image_size,
         mean=bb.mean, std=bb.std,
         metrics={"train_accuracy": train_acc, "val_accuracy": val_acc, "test_accuracy": test_acc,
                  "test_majority_rate": majority, "best_epoch": best["epoch"] + 1,
                  "seconds": time.time() - t0},
-        train=cfg.model_dump() | {"lr": lr, "device": str(dev), "n_train": len(x_tr),
+        train=cfg.model_dump() | {"lr": lr, "device": str(dev), "n_train": len(x_tr), "replicate": recipe.replicate,
+                                  "run_seed": run_seed,
                                   "memory_format": memory_format,
                                   "trainable_params": sum(p.numel() for p in params), "history": history},
         data_sha256={s: task.sha256(s) for s in task.splits}, versions=versions(),

@@ -4,6 +4,11 @@
 twin; ``_linear`` freezes the ImageNet feature extractor and trains a new head; ``_top2`` trains the
 last two stages and the head. The task part may carry a label view: ``retina-referable_resnet50``
 (the embedded task ``pneumonia-mini`` keeps its hyphen: ``pneumonia-mini_tf_efficientnet_lite0``).
+
+Training replicates: ``skin_resnet50@2`` is replicate 2 of ``skin_resnet50`` (another training run:
+its own head/net initialisation, data order and augmentation); the bare name is replicate 0.
+``skin_resnet50_hardened`` (``@R`` kept: ``skin_resnet50_hardened@2``) is a model hardened by
+``robaudit harden``: stored like any model, never trained by ``robaudit train``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from robaudit.errors import BadInput, unknown_name
 
 TRANSFERS = ("full", "top-k", "linear", "scratch")
 _SUFFIX = re.compile(r"_(random|scratch|linear|full|top(\d+))$")
+REPLICATE_SEP = "@"
+HARDENED_SUFFIX = "_hardened"
 
 #: defaults sized for the machine: 64 px on CPU; the paper used 299 px on a GPU (pass --image-size)
 DEFAULT_IMAGE_SIZE = 64
@@ -31,6 +38,8 @@ class ZooRecipe:
     arch: str
     transfer: str = "full"
     top_k: int | None = None
+    replicate: int = 0
+    hardened: bool = False
 
     @property
     def init(self) -> str:
@@ -42,10 +51,55 @@ class ZooRecipe:
         return f"{self.task}:{self.view}" if self.view else self.task
 
     @property
+    def base(self) -> str:
+        """The name without its replicate (``skin_resnet50@2`` -> ``skin_resnet50``)."""
+        return split_replicate(self.name)[0]
+
+    @property
     def twin(self) -> str:
-        """The random-init twin's zoo name (or the ImageNet-init one for a random model)."""
+        """The random-init twin's zoo name (or the ImageNet-init one for a random model), same replicate."""
         base = f"{self.task}-{self.view}" if self.view else self.task
-        return f"{base}_{self.arch}" if self.init == "random" else f"{base}_{self.arch}_random"
+        twin = f"{base}_{self.arch}" if self.init == "random" else f"{base}_{self.arch}_random"
+        return replicate_name(twin, self.replicate)
+
+
+def split_replicate(name: str) -> tuple[str, int]:
+    """``skin_resnet50@2`` -> (``skin_resnet50``, 2); a name without ``@`` is replicate 0."""
+    base, sep, rep = name.partition(REPLICATE_SEP)
+    if not sep:
+        return name, 0
+    if not rep.isdigit() or not base:
+        raise BadInput(f"{name!r}: a replicate is a whole number after '@'",
+                       "e.g. skin_resnet50@1 (replicate 1); the bare name is replicate 0")
+    return base, int(rep)
+
+
+def replicate_name(base: str, replicate: int) -> str:
+    """The stored name of ``replicate`` of ``base`` (replicate 0 is the bare name, as before replicates)."""
+    if replicate < 0:
+        raise BadInput(f"replicate {replicate} is negative", "replicates are 0, 1, 2, ...")
+    return base if replicate == 0 else f"{base}{REPLICATE_SEP}{replicate}"
+
+
+def with_replicate(name: str, replicate: int | None) -> str:
+    """``name`` as replicate ``replicate`` (None keeps the name's own; a different ``@R`` in it is an error)."""
+    base, own = split_replicate(name)
+    if replicate is None:
+        return replicate_name(base, own)
+    if REPLICATE_SEP in name and own != replicate:
+        raise BadInput(f"{name!r} names replicate {own} but --replicate is {replicate}", "give one of them")
+    return replicate_name(base, replicate)
+
+
+def canonical_name(name: str) -> str:
+    """``NAME@0`` and ``NAME`` are one model: the store folder and card use the bare name."""
+    return replicate_name(*split_replicate(name))
+
+
+def hardened_name(name: str) -> str:
+    """The name ``robaudit harden`` stores ``name``'s hardened twin under (replicate kept)."""
+    base, rep = split_replicate(name)
+    return replicate_name(base if base.endswith(HARDENED_SUFFIX) else base + HARDENED_SUFFIX, rep)
 
 
 def model_name(task: str, arch: str, transfer: str = "full", top_k: int | None = None) -> str:
@@ -60,7 +114,13 @@ def is_timm_arch(arch: str) -> bool:
 
 
 def parse_zoo_name(name: str, check_arch: bool = True) -> ZooRecipe:
-    """Parse ``<task>[-<view>]_<arch>[_random|_linear|_topK|_full]``; unknown archs suggest close matches."""
+    """Parse ``<task>[-<view>]_<arch>[_random|_linear|_topK|_full][_hardened][@R]``; unknown archs suggest
+    close matches."""
+    full = canonical_name(name)
+    name, replicate = split_replicate(full)
+    hardened = name.endswith(HARDENED_SUFFIX)
+    if hardened:
+        name = name[: -len(HARDENED_SUFFIX)]
     if "_" not in name:
         raise BadInput(f"{name!r} is not a zoo model name",
                        "zoo names look like <task>_<arch>, e.g. skin_resnet50 or skin_resnet50_random")
@@ -85,4 +145,5 @@ def parse_zoo_name(name: str, check_arch: bool = True) -> ZooRecipe:
         raise BadInput(f"{name!r} is not a zoo model name", "zoo names look like <task>_<arch>, e.g. skin_resnet50")
     if check_arch and not is_timm_arch(arch):
         raise unknown_name("architecture", arch, timm.list_models(), "any timm architecture works")
-    return ZooRecipe(name=name, task=task, view=view or None, arch=arch, transfer=transfer, top_k=top_k)
+    return ZooRecipe(name=full, task=task, view=view or None, arch=arch, transfer=transfer, top_k=top_k,
+                     replicate=replicate, hardened=hardened)

@@ -71,13 +71,19 @@ _VERDICTS = {
 def build_report(results: Result | Sequence[Result] | AuditInput, *, tables: dict | None = None,
                  transfer: dict | None = None, meta: dict | None = None, run_dir: str | Path | None = None,
                  title: str | None = None) -> Report:
-    """Grade every cell and pick the verdict: the worst UAP cell (ties: the larger pessimistic effect)."""
+    """Grade every cell and pick the verdict: the worst UAP cell (ties: the larger pessimistic effect).
+
+    With rows pooled over training replicates, the verdict is the worst pooled row (or cell outside the
+    replication); the single replicates' cells are graded and shown, not used for the verdict."""
     ai = as_input(results, tables=tables, transfer=transfer, meta=meta)
     if not ai.cells:
         raise BadInput("nothing to report: the input has no result cells")
     adjusted = adjusted_pvalues(ai)
     assessments = [assess(c, p) for c, p in zip(ai.cells, adjusted, strict=True)]
     uap = [i for i, c in enumerate(ai.cells) if c.attack.kind == "uap" and assessments[i].severity != "info"]
+    if any(ai.cells[i].pooled is not None for i in uap):
+        # replicated training: the verdict reads the pooled rows, not the luckiest (or unluckiest) single run
+        uap = [i for i in uap if ai.cells[i].pooled is not None or ai.cells[i].model.replicate is None]
     if uap:
         headline = max(uap, key=lambda i: (severity_rank(assessments[i].severity),
                                            assessments[i].effect_lower or 0.0, assessments[i].value or 0.0))
@@ -120,7 +126,8 @@ def report_json(report: Report) -> dict[str, Any]:
             "ci": list(a.ci) if a.ci else None, "baseline": a.baseline, "control": a.control,
             "control_ci": list(a.control_ci) if a.control_ci else None, "p_value": a.p_value,
             "p_adjusted": a.p_adjusted, "beyond_control": a.beyond_control, "effect_lower": a.effect_lower,
-            "reason": a.reason,
+            "reason": a.reason, "replicate": cell.model.replicate,
+            "pooled": cell.pooled.model_dump() if cell.pooled else None,
         })
     return {"kind": "robaudit-report", "robaudit_version": __version__, "result_schema": SCHEMA_VERSION,
             "title": report.title, "severity": report.severity, "verdict": report.verdict,

@@ -13,6 +13,7 @@ from robaudit import __version__
 from robaudit.fmt import ci_text, pct, pval
 from robaudit.grading import SEVERITY_RULE, cell_label, severity_rank, source_kind
 from robaudit.report.build import Report
+from robaudit.report.mitigation import mitigation_plots
 from robaudit.report.plots import find_artifact, image_artifact, make_plots, perturbation
 from robaudit.results import Result
 
@@ -64,8 +65,12 @@ def findings(report: Report) -> list[dict[str, Any]]:
             "a": a, "n": m.fooling_rate.n if m else None,
             "clean_accuracy": m.clean_accuracy if m else None, "adv_accuracy": m.adv_accuracy if m else None,
             "test": c.comparison.test if c.comparison else None, "headline": i == report.headline,
+            "pooled": c.pooled is not None,
+            "spread": (" · ".join(f"{v:.1%}" for v in c.pooled.rates) if c.pooled else None),
         })
-    rows.sort(key=lambda r: (-severity_rank(r["a"].severity), -(r["a"].effect_lower or 0.0), r["index"]))
+    # pooled rows (the verdict's unit with replicates) first, then worst first
+    rows.sort(key=lambda r: (not r["pooled"], -severity_rank(r["a"].severity), -(r["a"].effect_lower or 0.0),
+                             r["index"]))
     return rows
 
 
@@ -266,7 +271,7 @@ def context(report: Report, with_plots: bool = True) -> dict[str, Any]:
         ctx.update(headline=h, headline_cell=cells[report.headline], headline_label=cell_label(cells[report.headline]))
     if with_plots:
 
-        ctx["plots"] = make_plots(report)
+        ctx["plots"] = make_plots(report) + mitigation_plots(report)
         order = ([report.headline] if report.headline is not None else []) + report.uap_indices
         for i in order:
             p, e = perturbation(report, cells[i]), _examples(report, cells[i])

@@ -176,7 +176,8 @@ def _config_label(c: Result) -> str:
 def init_comparison(report: Report) -> Plot | None:
     """ImageNet vs random initialisation (and transfer configurations) on otherwise matched cells."""
     groups: dict[tuple, dict[str, Result]] = defaultdict(dict)
-    for c in report.cells:
+    pooled = [c for c in report.cells if c.pooled is not None]  # with replicates, compare the pooled rows
+    for c in pooled or report.cells:
         if c.attack.kind != "uap" or c.metrics is None:
             continue
         a = c.attack
@@ -213,6 +214,36 @@ def init_comparison(report: Report) -> Plot | None:
     return Plot("init-comparison", "ImageNet vs random initialisation",
                 "Matched UAP cells (same architecture, data, source, norm and size) for each initialisation "
                 "and transfer configuration; bars show the rate with its confidence interval.", _png(fig))
+
+
+# ------------------------------------------------------------------------------- replicate spread
+def replicate_spread(report: Report) -> Plot | None:
+    """A dot per training replicate beside the pooled rate and its t-interval, with the pooled control."""
+    rows = [c for c in report.cells if c.pooled is not None and c.metrics is not None][:MAX_SERIES * 3]
+    if not rows:
+        return None
+    fig, (ax,) = _figure(7.5, max(2.4, 0.42 * len(rows) + 1.2))
+    for i, c in enumerate(rows):
+        rate, ctrl = c.primary_rate(), c.control_rate()
+        ax.errorbar([rate.value], [i], xerr=[[rate.value - rate.ci[0]], [rate.ci[1] - rate.value]], fmt="D",
+                    color=_COLORS[0], capsize=4, ms=6, label="pooled (t-interval)" if i == 0 else None)
+        ax.scatter(c.pooled.rates, [i + 0.18] * len(c.pooled.rates), s=22, color=_COLORS[1], zorder=3,
+                   label="one replicate" if i == 0 else None)
+        if ctrl is not None:
+            ax.errorbar([ctrl.value], [i - 0.18], xerr=[[ctrl.value - ctrl.ci[0]], [ctrl.ci[1] - ctrl.value]],
+                        fmt="o", mfc="white", color="0.45", capsize=3, ms=5,
+                        label="random control (pooled)" if i == 0 else None)
+    ax.set_yticks(range(len(rows)), [_text(cell_label(c).replace(" / pooled over", "\npooled over"), 70)
+                                     for c in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("attack success")
+    ax.set_xlim(0, 1)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.legend(fontsize=7, loc="lower right")
+    return Plot("replicate-spread", "Spread over training replicates",
+                "Each row pools one configuration over its training replicates: a dot per replicate, the pooled "
+                "rate with its t-interval over replicates (diamond), and the random control pooled the same way "
+                "(open circle). The verdict reads the pooled rows.", _png(fig))
 
 
 # ------------------------------------------------------------------------------- targeted per class
@@ -508,7 +539,8 @@ def perturbation(report: Report, cell: Result) -> Plot | None:
 
 def make_plots(report: Report) -> list[Plot]:
     """Every figure whose data exists, in report order."""
-    plots = [trajectory(report), rate_vs_zeta(report), init_comparison(report), targeted_per_class(report),
+    plots = [replicate_spread(report), trajectory(report), rate_vs_zeta(report), init_comparison(report),
+             targeted_per_class(report),
              transfer_heatmap(report), confusion(report), robust_accuracy(report)]
     return [p for p in plots if p is not None]
 
