@@ -170,3 +170,27 @@ def test_missing_ray_is_one_line_bad_input(recipe_file, tmp_path, monkeypatch, c
 def test_cell_resources(device, cluster_gpus, workers, expected):
     spec = UAPSpec(model="m", device=device, workers=workers)
     assert cell_resources(spec, cluster_gpus) == expected
+
+
+def test_ray_trains_missing_replicates_in_parallel_with_local_weights(local_cluster, tmp_path, monkeypatch):
+    from robaudit.audit import AuditRecipe, ensure_models
+    from robaudit.audit.recipes import TrainSettings
+    from robaudit.models.store import read_card
+    from robaudit.models.train import TrainConfig, train_model
+
+    mini = "pneumonia-mini_tf_efficientnet_lite0"
+    recipe = AuditRecipe(name="rep", models=[mini], replicates=2, sources=["train"], device="cpu",
+                         train=TrainSettings(epochs=1, train_limit=64, batch_size=32))
+    monkeypatch.setenv("ROBAUDIT_HOME", str(tmp_path / "ray-home"))
+    ensure_models(recipe, train_missing=True, quiet=True, executor="ray")
+    on_ray = {n: read_card(tmp_path / "ray-home" / "models" / n / "card.json") for n in (mini, f"{mini}@1")}
+    assert on_ray[mini].weights_sha256 != on_ray[f"{mini}@1"].weights_sha256
+    monkeypatch.setenv("ROBAUDIT_HOME", str(tmp_path / "local-home"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a one-CPU Ray task
+    try:
+        local = train_model(f"{mini}@1", TrainConfig(epochs=1, train_limit=64, batch_size=32, image_size=64),
+                            device="cpu", quiet=True)
+    finally:
+        torch.set_num_threads(n)
+    assert local.weights_sha256 == on_ray[f"{mini}@1"].weights_sha256

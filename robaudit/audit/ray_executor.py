@@ -23,7 +23,7 @@ import torch
 from robaudit import settings
 from robaudit.audit.cells import Cell, record_error, run_cell
 from robaudit.console import progress, warn
-from robaudit.errors import BadInput
+from robaudit.errors import BadInput, RuntimeFailure
 
 #: environment variables a cell task inherits from the driver (paths and offline switches)
 PASSED_ENV = ("ROBAUDIT_HOME", "ROBAUDIT_DATA", "ROBAUDIT_REPORTS", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME",
@@ -74,6 +74,71 @@ def run_cell_task(cell: Cell, context: dict):
     return cell.result, cell.error
 
 
+def train_model_task(name: str, config, device: str, context: dict) -> str:
+    """Body of a Ray task: train one zoo model (one replicate) into the shared store; returns its sha256."""
+    from robaudit.models.train import train_model
+
+    os.environ.update(context["env"])
+    settings.set_data_root(context["env"].get("ROBAUDIT_DATA"))
+    os.chdir(context["cwd"])
+    threads = int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return train_model(name, config, device="cuda" if device.lower().startswith("cuda") else device,
+                       quiet=True).weights_sha256
+
+
+def train_models_ray(jobs: list[tuple[str, object]], device: str = "auto", address: str | None = None,
+                     quiet: bool = False) -> None:
+    """Train ``(name, TrainConfig)`` jobs as parallel Ray tasks (training replicates are independent runs).
+
+    Each replicate is seeded by its name, so the weights are those a local ``robaudit train`` gives; an
+    interrupted task resumes from its last finished epoch on the next run. The store must be on a file
+    system every node mounts (see the module docstring)."""
+    ray = import_ray()
+    if not jobs:
+        return
+    started = not ray.is_initialized()
+    if started:
+        _init(ray, address, quiet)
+    try:
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        gpu = device.lower().startswith("cuda") or (device.lower() == "auto" and gpus > 0)
+        task = ray.remote(train_model_task)
+        context = driver_env()
+        pending = {task.options(name=f"robaudit-train-{name}", num_cpus=1, num_gpus=1 if gpu else 0)
+                   .remote(name, cfg, device, context): name for name, cfg in jobs}
+        with progress(disable=quiet) as prog:
+            bar = prog.add_task(f"train {len(jobs)} model(s) on Ray", total=len(jobs), status="")
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                name = pending.pop(done[0])
+                try:
+                    ray.get(done[0])
+                except ray.exceptions.RayError as exc:  # a training failure is the audit's failure: exit 3
+                    raise RuntimeFailure(f"training {name} on Ray failed: "
+                                         f"{(str(exc).strip().splitlines() or [''])[-1][:300]}",
+                                         f"run 'robaudit train {name}' to see the error") from None
+                prog.update(bar, advance=1, status=name)
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _init(ray, address: str | None, quiet: bool) -> None:
+    local = {"include_dashboard": False} if address is None else {}  # a fresh local cluster: no dashboard
+    try:
+        ray.init(address=address, log_to_driver=not quiet,
+                 logging_level=logging.ERROR if quiet else logging.WARNING, **local)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise BadInput(f"cannot connect to the Ray cluster at {address!r}: {exc}",
+                       "start one with 'ray start --head', or drop --address for a local one") from None
+
+
 def run_cells_ray(cells: list[Cell], address: str | None = None, quiet: bool = False) -> list:
     """Run ``cells`` (:class:`~robaudit.audit.cells.Cell`) as Ray tasks; fill each ``result`` or ``error`` in place.
 
@@ -85,13 +150,7 @@ def run_cells_ray(cells: list[Cell], address: str | None = None, quiet: bool = F
         return cells
     started = not ray.is_initialized()
     if started:
-        local = {"include_dashboard": False} if address is None else {}  # a fresh local cluster: no dashboard
-        try:
-            ray.init(address=address, log_to_driver=not quiet,
-                     logging_level=logging.ERROR if quiet else logging.WARNING, **local)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise BadInput(f"cannot connect to the Ray cluster at {address!r}: {exc}",
-                           "start one with 'ray start --head', or drop --address for a local one") from None
+        _init(ray, address, quiet)
     pending: dict = {}
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0))
