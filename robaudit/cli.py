@@ -19,6 +19,7 @@ from robaudit.commands import audit as audit_cmd
 from robaudit.commands import data as data_cmd
 from robaudit.commands import demo as demo_cmd
 from robaudit.commands import gate as gate_cmd
+from robaudit.commands import harden as harden_cmd
 from robaudit.commands import models as models_cmd
 from robaudit.commands import report as report_cmd
 from robaudit.commands import uap as uap_cmd
@@ -66,6 +67,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("attack")(attack_cmd.attack)
 app.command("report")(report_cmd.report)
 app.command("gate")(gate_cmd.gate)
+app.command("harden")(harden_cmd.harden)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
@@ -90,3 +92,21 @@ def paired_replicate_test(a: list[float] | np.ndarray, b: list[float] | np.ndarr
     lo, hi = stats.t.interval(confidence, d.size - 1, loc=mean, scale=stats.sem(d))
     return {"mean_difference": mean, "ci": (float(lo), float(hi)), "t": float(res.statistic), "df": int(d.size - 1),
             "p_value": float(res.pvalue), "degenerate": False}
+
+
+def replicates_for_power(difference: float, sd: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Training replicates a paired t-test over replicates needs to detect ``difference`` (in rate) when the
+    replicate differences have standard deviation ``sd`` (statsmodels ``TTestPower``, two-sided).
+
+    None when no count reaches the power (``difference`` is 0 or the solver fails); at least 2."""
+    from statsmodels.stats.power import TTestPower
+
+    if difference == 0 or sd <= 0:
+        return None if difference == 0 else 2
+    try:
+        n = TTestPower().solve_power(effect_size=abs(difference) / sd, alpha=alpha, power=power,
+                                     alternative="two-sided")
+    except (ValueError, RuntimeError):
+        return None
+    n = float(np.asarray(n).ravel()[0])
+    return max(2, int(math.ceil(n))) if math.isfinite(n) else None

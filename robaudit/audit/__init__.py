@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from robaudit.audit.cells import Cell, load_cached, make_cell, record_error, run_cell
-from robaudit.audit.ray_executor import run_cells_ray
+from robaudit.audit.mitigation import harden_recipe_models
+from robaudit.audit.ray_executor import run_cells_ray, train_models_ray
 from robaudit.audit.recipes import AuditRecipe, load_recipe, recipe_names
 from robaudit.audit.tables import AUDIT_KIND, build_audit_doc, transfer_matrices
 from robaudit.console import progress, warn
@@ -29,8 +30,10 @@ __all__ = ["AUDIT_KIND", "AuditRecipe", "Cell", "build_audit_doc", "classes_of",
            "recipe_names", "record_error", "run_audit", "run_cell", "transfer_matrices", "write_audit_doc"]
 
 
-def ensure_models(recipe: AuditRecipe, train_missing: bool, quiet: bool = False) -> None:
-    """Check every zoo model is trained; train the missing ones with ``--train-missing``."""
+def ensure_models(recipe: AuditRecipe, train_missing: bool, quiet: bool = False, executor: str = "local",
+                  address: str | None = None) -> None:
+    """Check every zoo model (every replicate) is trained; train the missing ones with ``--train-missing``
+    (with ``executor = "ray"`` as parallel Ray tasks: replicates are independent runs)."""
     missing = [n for n in recipe.model_names() if not is_trained(n)]
     if not missing:
         return
@@ -43,9 +46,12 @@ def ensure_models(recipe: AuditRecipe, train_missing: bool, quiet: bool = False)
     cfg = TrainConfig(epochs=t.epochs, image_size=t.image_size, batch_size=t.batch_size, train_limit=t.train_limit,
                       lr=t.lr, seed=t.seed)
     scratch_cfg = cfg.model_copy(update={"epochs": t.scratch_epochs or t.epochs})
-    for n in missing:
-        train_model(n, scratch_cfg if parse_zoo_name(n).transfer == "scratch" else cfg, device=recipe.device,
-                    quiet=quiet)
+    jobs = [(n, scratch_cfg if parse_zoo_name(n).transfer == "scratch" else cfg) for n in missing]
+    if executor == "ray":
+        train_models_ray(jobs, device=recipe.device, address=address, quiet=quiet)
+        return
+    for n, c in jobs:
+        train_model(n, c, device=recipe.device, quiet=quiet)
 
 
 def classes_of(model_or_ckpt) -> list[str]:
@@ -85,7 +91,8 @@ def run_audit(recipe: AuditRecipe, out_dir: Path, *, recipe_text: str = "", resu
 
 def _run_locked(recipe: AuditRecipe, out_dir: Path, recipe_text: str, resume: bool, train_missing: bool, quiet: bool,
                 executor: str, address: str | None, notes: list[str] | None) -> dict:
-    ensure_models(recipe, train_missing, quiet)
+    ensure_models(recipe, train_missing, quiet, executor=executor, address=address)
+    recipe = harden_recipe_models(recipe, train_missing, quiet)
     if recipe_text:
         atomic_write_text(out_dir / "recipe.toml", recipe_text)
     cells = [make_cell(s, out_dir) for s in recipe.cells(classes_of)]

@@ -24,7 +24,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from robaudit.models.zoo import split_replicate
+from robaudit.models.zoo import is_hardened_name, split_replicate
 from robaudit.provenance import now_iso
 from robaudit.results import (
     Comparison,
@@ -124,6 +124,8 @@ def pooled_comparisons(pooled: list[Result]) -> list[dict]:
     replicate (replicates present on both sides, >= 2)."""
     groups: dict[tuple, list[Result]] = defaultdict(list)
     for r in pooled:
+        if is_hardened_name(r.model.name):  # hardened twins are compared in the mitigation section
+            continue
         a = r.attack
         groups[(r.model.task, r.model.arch, r.data.name, a.source, a.norm, round(a.zeta or 0, 6), a.method, a.target,
                 a.surrogate, a.seed)].append(r)

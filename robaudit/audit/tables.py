@@ -14,20 +14,23 @@ from robaudit import __version__
 from robaudit.attacks.lp import project
 from robaudit.attacks.predict import predict
 from robaudit.audit.cells import Cell
-from robaudit.audit.mitigation_stats import mitigation_doc
+from robaudit.audit.mitigation_stats import ReauditConfig, apply_family, mitigation_doc, section_pvalues
 from robaudit.audit.pooled import pool_results, pooled_comparisons
 from robaudit.audit.recipes import AuditRecipe
 from robaudit.data import load_task
 from robaudit.data.images import resize_batch
 from robaudit.grading import FAMILY_NOTE, PVALUE_CORRECTION, adjust_family, cell_pvalues
 from robaudit.models import load_model
+from robaudit.models.zoo import is_hardened_name
 from robaudit.provenance import command_line, environment, now_iso
 from robaudit.stats import REPLICATE_INTERVAL, REPLICATE_TEST, mcnemar_exact
 
 AUDIT_KIND = "audit"
 
 
-def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, seconds: float) -> dict:
+def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, seconds: float,
+                    reaudit: ReauditConfig | None = None) -> dict:
+    """The audit document of ``cells``; ``reaudit`` sets the mitigation section's tolerance (robaudit harden)."""
     done = [c for c in cells if c.result is not None]
     rows = []
     for c in done:
@@ -45,6 +48,8 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
     init_rows, init_p = [], []
     by_setting = defaultdict(list)
     for c in done:
+        if is_hardened_name(c.result.model.name):  # compared with its original in the mitigation section
+            continue
         a = c.result.attack
         recipe_key = (c.result.model.task, c.result.model.arch, a.source, a.norm, round(a.zeta, 6), a.method,
                       a.target, a.seed, a.surrogate, c.result.model.replicate)  # replicate R against replicate R
@@ -65,7 +70,9 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
                                   o.rate.value, p])
                 init_p.append(p)
     comparisons = pooled_comparisons(pooled)
-    other_p = init_p + [c["p_value"] for c in comparisons]
+    mitigation = mitigation_doc(recipe, done, reaudit)  # original vs hardened twins, when the cells hold them
+    mitigation_p = section_pvalues(mitigation) if mitigation else []
+    other_p = init_p + [c["p_value"] for c in comparisons] + mitigation_p
 
     cell_adj, other_adj = adjust_family(pvals, other_p)
     for row, p, adj in zip(rows, pvals, cell_adj, strict=False):  # pvals: the cells, then the pooled rows
@@ -74,7 +81,9 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
         row.append(adj)
     pooled_rows = [_pooled_row(r, p, adj) for r, p, adj in zip(pooled, pvals[len(done):], cell_adj[len(done):],
                                                                  strict=True)]
-    comparison_rows = [_comparison_row(c, adj) for c, adj in zip(comparisons, other_adj[len(init_p):], strict=True)]
+    n_init = len(init_p)
+    comparison_rows = [_comparison_row(c, adj) for c, adj in
+                       zip(comparisons, other_adj[n_init:n_init + len(comparisons)], strict=True)]
     family_size = sum(p is not None for p in pvals) + len(other_p)
 
     sources_rows = []
@@ -124,6 +133,8 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
                         "mean rate", "mean difference", "95% CI (t)", "t", "df", "p (paired t)",
                         f"p ({PVALUE_CORRECTION})"],
             "rows": comparison_rows}
+    if mitigation:
+        apply_family(mitigation, other_adj[n_init + len(comparisons):], tables)
     if failed:
         tables["5. Failed cells"] = {"columns": ["cell", "error"], "rows": [[f["cell"], f["error"]] for f in failed]}
     return {
@@ -141,7 +152,7 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
                        "comparisons": [_comparison_json(c) for c in comparisons]},
         "failed": failed, "tables": tables,
         "transfer": matrices[0] if matrices else None, "transfer_matrices": matrices,
-        **mitigation_doc(recipe, done, tables),
+        **({"mitigation": mitigation} if mitigation else {}),
     }
 
 

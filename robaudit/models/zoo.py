@@ -96,6 +96,11 @@ def canonical_name(name: str) -> str:
     return replicate_name(*split_replicate(name))
 
 
+def is_hardened_name(name: str) -> bool:
+    """Whether ``name`` (any replicate) names a model made by ``robaudit harden``."""
+    return split_replicate(name)[0].endswith(HARDENED_SUFFIX)
+
+
 def hardened_name(name: str) -> str:
     """The name ``robaudit harden`` stores ``name``'s hardened twin under (replicate kept)."""
     base, rep = split_replicate(name)

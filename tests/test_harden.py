@@ -1,0 +1,172 @@
+"""``robaudit harden``: universal adversarial training, the honest re-audit, the gate rules, the CLI.
+
+Real shared data and a small real model (lite0 @ 64 px, the session's ``trained`` recipe); CPU-sized
+hardening (one epoch on a seeded subset of training images) and a training-image re-audit.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from robaudit.cli import main
+
+NAME = "pneumonia_tf_efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def hardened(trained, tmp_path_factory):
+    """The session model, hardened (1 epoch, 400 training images), and its re-audit on training-image UAPs."""
+    from robaudit.audit.mitigation import ReauditConfig, compare_hardened
+    from robaudit.eval.harden import HardenConfig, harden_model
+
+    trained(NAME)
+    card = harden_model(NAME, HardenConfig(epochs=1, train_limit=400, source="train", lr=5e-4), device="cpu",
+                        quiet=True)
+    out = tmp_path_factory.mktemp("harden")
+    doc = compare_hardened(NAME, out, ReauditConfig(threats=["train"], train_source_limit=200, max_iter=3,
+                                                    controls=2, pgd_n=16, pgd_steps=5, bootstrap=500, device="cpu"),
+                           quiet=True)
+    return card, doc, out
+
+
+def test_training_image_uap_falls_significantly_within_accuracy_tolerance(hardened):
+    card, doc, out = hardened
+    pair = doc["mitigation"]["pairs"][0]
+    row = next(r for r in pair["cells"] if r["threat"] == "train")
+    # the baseline is a real vulnerability: beyond random noise of the same norm on the original model
+    assert row["baseline_beats_noise"], row
+    assert row["before"]["n"] == row["after"]["n"] == 624  # the same test images, all of them
+    assert row["reduction"] > 0 and row["p_adjusted"] < 0.05, row  # paired exact McNemar, Holm
+    acc = pair["accuracy"]
+    assert acc["balanced_drop"] <= 0.03, acc
+    assert not acc["collapsed"]
+    lo, hi = acc["balanced"]["ci"]
+    assert lo <= acc["balanced"]["change"] <= hi
+    assert (out / "harden.json").is_file()
+    ps = doc["mitigation"]["per_sample"][0]  # per-sample PGD beside the UAP cells, same images
+    assert ps["n"] == 16 and 0 <= ps["after"] <= 1
+
+
+def test_card_records_how_and_keeps_the_reaudit_apart(hardened):
+    from robaudit.data import load_task
+    from robaudit.eval.harden import HardenConfig, audit_photo_items, hardening_photos, validation_indices
+    from robaudit.models.store import is_trained
+
+    card, doc, _ = hardened
+    assert card.name == NAME + "_hardened" and is_trained(card.name)
+    rec = card.harden
+    assert rec["from_model"] == NAME and rec["config"]["epochs"] == 1 and rec["config"]["source"] == "train"
+    assert "Shafahi" in rec["method"] and rec["eps"] > 0 and len(rec["history"]) == 1
+    assert rec["config"]["seed"] not in rec["config"]["audit_seeds"]
+    # the re-audit's cells use the audit seed, never the hardening seed
+    seeds = {c["attack"]["seed"] for c in doc["cells"]}
+    assert seeds == set(rec["config"]["audit_seeds"])
+    # photos and selection images set apart (recomputed exactly as the re-audit draws them)
+    cfg = HardenConfig(**rec["config"]).model_copy(update={"source": "both"})
+    src, record = hardening_photos(cfg, grey=True)
+    assert not set(src.items) & set(audit_photo_items(True, cfg.audit_seeds, cfg.audit_photos))
+    assert record["n"] + record["held_for_audit"] == 800
+    task = load_task("pneumonia")
+    val = set(validation_indices(task, cfg).tolist())
+    sel = set(task.select("val", cfg.select_limit, cfg.audit_seeds[0] + 1).tolist())
+    assert val and not val & sel and rec["n_val_monitored"] == len(val)
+    with pytest.raises(Exception, match="audit seed"):
+        HardenConfig(seed=0, audit_seeds=[0])
+
+
+def test_resume_gives_the_same_weights(trained, tmp_path):
+    """An interrupted hardening resumed from its epoch checkpoint ends with the uninterrupted run's weights."""
+    from robaudit.errors import Interrupted
+    from robaudit.eval.harden import HardenConfig, harden_model
+    from robaudit.models.store import load_state, model_dir
+
+    trained(NAME)
+    ckpt = tmp_path / "pneu_copy.safetensors"
+    shutil.copy(model_dir(NAME) / "model.safetensors", ckpt)
+    card_text = (model_dir(NAME) / "card.json").read_text().replace(f'"name": "{NAME}"', '"name": "pneu_copy"')
+    ckpt.with_suffix(".json").write_text(card_text)
+    cfg = HardenConfig(epochs=2, train_limit=64, batch_size=32, source="train")
+    with pytest.raises(Interrupted):
+        harden_model(checkpoint=str(ckpt), config=cfg, device="cpu", quiet=True, stop_after=1)
+    assert (model_dir("pneu_copy_hardened") / "harden_state.json").is_file()
+    resumed = harden_model(checkpoint=str(ckpt), config=cfg, device="cpu", quiet=True)
+    w_resumed = load_state(model_dir("pneu_copy_hardened") / "model.safetensors")
+    fresh = harden_model(checkpoint=str(ckpt), config=cfg, device="cpu", quiet=True, resume=False)
+    w_fresh = load_state(model_dir("pneu_copy_hardened") / "model.safetensors")
+    assert resumed.harden["history"] == fresh.harden["history"]
+    assert all(torch.equal(w_resumed[k], w_fresh[k]) for k in w_fresh)
+
+
+def test_collapse_to_one_class_is_not_robust():
+    from robaudit.audit.mitigation_stats import _pair_summary, accuracy_change
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    before = np.where(rng.random(400) < 0.9, y, 1 - y)
+    collapsed = np.ones(400, dtype=int)  # one class: fooling against its own prediction would be ~0
+    acc = accuracy_change(y, before, collapsed, 2, max_drop=0.03, n_boot=200)
+    assert acc["collapsed"] and not acc["within_tolerance"] and acc["majority_prediction_share"] == 1.0
+    assert acc["balanced"]["after"] == pytest.approx(0.5) and acc["balanced"]["ci"][1] < 0
+    row = {"threat": "train", "original": "a", "hardened": "a_hardened", "reduction": 0.4, "significant": True}
+    assert _pair_summary([row], acc)["verdict"].startswith("not robust")
+    same = accuracy_change(y, before, before, 2, n_boot=200)
+    assert same["within_tolerance"] and same["balanced"]["change"] == 0
+
+
+def _policy(*rules):
+    from robaudit.gate import parse_policy
+
+    return parse_policy({"rule": list(rules)})
+
+
+def test_gate_rules_on_the_harden_document(hardened):
+    from robaudit.gate import evaluate
+    from robaudit.grading import load_input
+
+    _, _, out = hardened
+    ai = load_input(out / "harden.json")
+    ok = evaluate(_policy({"kind": "min_uap_reduction", "min": 0.01, "select": {"source": "train"}},
+                          {"kind": "max_accuracy_drop", "max": 0.03}), ai)
+    assert [c.status for c in ok.checks] == ["pass", "pass"], [c.message for c in ok.checks]
+    bad = evaluate(_policy({"kind": "min_uap_reduction", "min": 0.99}), ai)
+    assert [c.status for c in bad.checks] == ["fail"]
+    lower = evaluate(_policy({"kind": "min_uap_reduction", "min": 0.0, "bound": "lower"}), ai)
+    assert lower.checks[0].measured < ok.checks[0].measured
+
+
+def test_gate_rules_on_crafted_documents(hardened):
+    """A collapsed hardened model fails max_accuracy_drop however low its fooling rate; no pair is an error."""
+    from robaudit.gate import evaluate
+    from robaudit.grading import load_input
+
+    _, _, out = hardened
+    ai = load_input(out / "harden.json")
+    h = next(c for c in ai.cells if c.model.name.endswith("_hardened"))
+    for pc in h.metrics.per_class:
+        pc.clean_accuracy = 1.0 if pc.index == 0 else 0.0
+    h.metrics.fooling_rate.value, h.metrics.fooling_rate.k = 0.0, 0
+    res = evaluate(_policy({"kind": "max_accuracy_drop", "max": 0.5},
+                           {"kind": "min_uap_reduction", "min": 0.01}), ai)
+    assert [c.status for c in res.checks] == ["fail", "pass"]
+    assert "collapsed" in res.checks[0].message
+    only = [c for c in ai.cells if not c.model.name.endswith("_hardened")]
+    none = evaluate(_policy({"kind": "min_uap_reduction", "min": 0.1}), only)
+    assert none.checks[0].status == "error"
+    skipped = evaluate(_policy({"kind": "max_accuracy_drop", "max": 0.1, "optional": True}), only)
+    assert skipped.checks[0].status == "skipped"
+
+
+def test_cli_bad_input_is_exit_2_in_one_line(capsys):
+    assert main(["harden"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "MODEL" in err and "Traceback" not in err
+    assert main(["harden", NAME, "--seed", "0", "--audit-seed", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "audit seed" in err and "Traceback" not in err
+    assert main(["harden", NAME, "--source", "photos"]) == 2
+    assert main(["harden", "pneumonia_resnet18", "--no-reaudit"]) == 2  # not trained
+    assert "not trained" in capsys.readouterr().err
