@@ -1,3 +1,3 @@
 """robaudit: adversarial-robustness audits of transfer-learned medical image classifiers."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -19,6 +19,13 @@ Multiple comparisons: one family per document. An audit's family is every test i
 UAP-vs-control test and each initialisation / transfer comparison); it records the comparisons'
 p-values, so a report or gate of the audit shows the audit's Holm-adjusted values. A single result or
 a list of results has the cells' tests only. A family of one test is not adjusted.
+
+With training replicates the document's conclusions rest on the rows pooled over replicates, so the
+family is split in two, each Holm-adjusted on its own: the **primary** family (pooled rows, pooled
+comparisons, mitigation pairs, and cells outside the replication) from which the verdict is drawn, and
+the **replicates** family (each single replicate's cell and comparison tests), which grades the single
+models shown beside the pooled rows. Folding the many per-replicate tests into the verdict's family
+would only make the few replicate-level tests (df = R - 1) unable to reach significance.
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ THRESHOLDS = (("critical", 0.50), ("high", 0.25), ("moderate", 0.10))
 ALPHA = 0.05
 PVALUE_CORRECTION = "holm"
 FAMILY_NOTE = "Holm correction over every UAP-vs-control and init comparison test"
+FAMILY_NOTE_REPLICATED = ("Holm correction within two families: 'primary' (pooled rows, pooled comparisons, "
+                          "mitigation pairs, cells outside the replication: the verdict's family) and 'replicates' "
+                          "(each single replicate's tests)")
+PRIMARY, REPLICATES = "primary", "replicates"
 
 SEVERITY_RULE = (
     "A UAP cell is beyond control when the lower confidence bound of its rate (fooling rate, or targeted "
@@ -233,18 +244,56 @@ def assess(result: Result, p_adjusted: float | None = None) -> Assessment:
 
 
 # ---------------------------------------------------------------------------------- the p-value family
-def adjust_family(cell_pvalues: Sequence[float | None], other_pvalues: Sequence[float] = ()) \
+def adjust_family(cell_pvalues: Sequence[float | None], other_pvalues: Sequence[float] = (),
+                  cell_families: Sequence[str] | None = None, other_families: Sequence[str] | None = None) \
         -> tuple[list[float | None], list[float]]:
-    """Holm-adjust one document's family: the cells' tests (None = no test) and its other comparisons.
+    """Holm-adjust one document's tests: the cells' tests (None = no test) and its other comparisons, within
+    each family label (default: all one family; see the module docstring).
 
     Returns the adjusted values in the same shapes; a family of fewer than two tests is not adjusted
     (None for cells, the raw values for comparisons)."""
-    family = [p for p in cell_pvalues if p is not None] + list(other_pvalues)
-    if len(family) < 2:
-        return [None] * len(cell_pvalues), list(other_pvalues)
-    adjusted = iter(adjust_pvalues(family, PVALUE_CORRECTION))
-    cells = [next(adjusted) if p is not None else None for p in cell_pvalues]
-    return cells, [next(adjusted) for _ in other_pvalues]
+    cf = list(cell_families) if cell_families is not None else [PRIMARY] * len(cell_pvalues)
+    of = list(other_families) if other_families is not None else [PRIMARY] * len(other_pvalues)
+    cells: list[float | None] = [None] * len(cell_pvalues)
+    other = list(other_pvalues)
+    for fam in dict.fromkeys(cf + of):
+        ci = [i for i, p in enumerate(cell_pvalues) if p is not None and cf[i] == fam]
+        oi = [i for i in range(len(other_pvalues)) if of[i] == fam]
+        family = [cell_pvalues[i] for i in ci] + [other_pvalues[i] for i in oi]
+        if len(family) < 2:
+            continue
+        adjusted = iter(adjust_pvalues(family, PVALUE_CORRECTION))
+        for i in ci:
+            cells[i] = next(adjusted)
+        for i in oi:
+            other[i] = next(adjusted)
+    return cells, other
+
+
+def replicate_config(r: Result) -> tuple:
+    """What identifies a cell apart from its training replicate and attack seed (the key rows pool over)."""
+    a = r.attack
+    return (r.model.name.partition("@")[0], r.data.name, r.data.split, a.source, a.norm, round(a.zeta or 0, 6),
+            a.method, a.target, a.surrogate, a.threat_model)
+
+
+def cell_families(cells: Sequence[Result]) -> list[str]:
+    """Each cell's family: 'replicates' for a single replicate's cell that a pooled row of the document covers."""
+    covered = {replicate_config(c) for c in cells if c.pooled is not None}
+    return [REPLICATES if c.pooled is None and c.model.replicate is not None and replicate_config(c) in covered
+            else PRIMARY for c in cells]
+
+
+def family_sizes(cell_pvalues: Sequence[float | None], cell_fams: Sequence[str], other_fams: Sequence[str]) \
+        -> dict[str, int]:
+    """Tests per family label."""
+    sizes: dict[str, int] = {}
+    for p, fam in zip(cell_pvalues, cell_fams, strict=True):
+        if p is not None:
+            sizes[fam] = sizes.get(fam, 0) + 1
+    for fam in other_fams:
+        sizes[fam] = sizes.get(fam, 0) + 1
+    return sizes
 
 
 def cell_pvalues(cells: Sequence[Result]) -> list[float | None]:
@@ -254,5 +303,9 @@ def cell_pvalues(cells: Sequence[Result]) -> list[float | None]:
 
 def adjusted_pvalues(ai: AuditInput) -> list[float | None]:
     """The adjusted p-value of each cell of a document, in the document's one family."""
-    other = (ai.meta.get("multiple_comparison") or {}).get("comparison_p_values") or []
-    return adjust_family(cell_pvalues(ai.cells), [float(p) for p in other])[0]
+    mc = ai.meta.get("multiple_comparison") or {}
+    other = [float(p) for p in mc.get("comparison_p_values") or []]
+    fams = mc.get("comparison_families")
+    if not isinstance(fams, list) or len(fams) != len(other):
+        fams = [PRIMARY] * len(other)
+    return adjust_family(cell_pvalues(ai.cells), other, cell_families(ai.cells), [str(f) for f in fams])[0]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
@@ -94,19 +92,19 @@ def paired_replicate_test(a: list[float] | np.ndarray, b: list[float] | np.ndarr
             "p_value": float(res.pvalue), "degenerate": False}
 
 
-def replicates_for_power(difference: float, sd: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+def replicates_for_power(difference: float, sd: float, alpha: float = 0.05, power: float = 0.8,
+                         max_replicates: int = 5000) -> int | None:
     """Training replicates a paired t-test over replicates needs to detect ``difference`` (in rate) when the
-    replicate differences have standard deviation ``sd`` (statsmodels ``TTestPower``, two-sided).
-
-    None when no count reaches the power (``difference`` is 0 or the solver fails); at least 2."""
+    replicate differences have standard deviation ``sd``: the smallest n whose power (statsmodels
+    ``TTestPower``, two-sided) reaches ``power``. A search rather than ``solve_power``, whose root finder is
+    unreliable at the small alphas of a Holm step. None when no n up to ``max_replicates`` does."""
     from statsmodels.stats.power import TTestPower
 
-    if difference == 0 or sd <= 0:
-        return None if difference == 0 else 2
-    try:
-        n = TTestPower().solve_power(effect_size=abs(difference) / sd, alpha=alpha, power=power,
-                                     alternative="two-sided")
-    except (ValueError, RuntimeError):
+    if difference == 0:
         return None
-    n = float(np.asarray(n).ravel()[0])
-    return max(2, int(math.ceil(n))) if math.isfinite(n) else None
+    if sd <= 0:
+        return 2
+    n = np.arange(2, max_replicates + 1)
+    achieved = TTestPower().power(effect_size=abs(difference) / sd, nobs=n, alpha=alpha, alternative="two-sided")
+    hits = np.flatnonzero(np.asarray(achieved) >= power)
+    return int(n[hits[0]]) if hits.size else None

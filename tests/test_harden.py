@@ -170,3 +170,40 @@ def test_cli_bad_input_is_exit_2_in_one_line(capsys):
     assert main(["harden", NAME, "--source", "photos"]) == 2
     assert main(["harden", "pneumonia_resnet18", "--no-reaudit"]) == 2  # not trained
     assert "not trained" in capsys.readouterr().err
+
+
+def test_mitigation_tests_join_the_documents_one_holm_family(hardened):
+    from robaudit.grading import adjust_family, cell_pvalues, load_input
+
+    _, doc, out = hardened
+    ai = load_input(out / "harden.json")
+    other = doc["multiple_comparison"]["comparison_p_values"]
+    rows = [r for p in doc["mitigation"]["pairs"] for r in p["cells"] if "p_value" in r]
+    assert rows and [r["p_value"] for r in rows] == other[-len(rows):]
+    _, adjusted = adjust_family(cell_pvalues(ai.cells), other)
+    assert [r["p_adjusted"] for r in rows] == pytest.approx(adjusted[-len(rows):])
+    assert doc["multiple_comparison"]["family_size"] == sum(p is not None for p in cell_pvalues(ai.cells)) + len(other)
+    # the original and its hardened twin are compared once, in the mitigation section, not as "initialisations"
+    init_table = next(v for k, v in doc["tables"].items() if k.startswith("3."))
+    assert init_table["rows"] == []
+    assert any(k.startswith("8. Mitigation") for k in doc["tables"])
+
+
+def test_recipe_with_harden_true_adds_twins_and_a_mitigation_section(tmp_path):
+    """On the embedded X-rays (no data root needed): hardened twins are made, audited and compared."""
+    from robaudit.audit import AuditRecipe, run_audit
+    from robaudit.audit.recipes import TrainSettings
+    from robaudit.grading import load_input
+    from robaudit.report import build_report, render
+
+    mini = "pneumonia-mini_tf_efficientnet_lite0"
+    recipe = AuditRecipe(name="mit", models=[mini], harden=True, sources=["train"], norms=["linf"], zetas=[0.04],
+                         methods=["fgsm"], targets="none", controls=2, eval_limit=96, max_iter=1, select="none",
+                         augment=False, batch_size=32, device="cpu", transfer_eval=False,
+                         train=TrainSettings(epochs=1, train_limit=96, batch_size=32))
+    doc = run_audit(recipe, tmp_path / "audit", train_missing=True, quiet=True)
+    assert sorted(c["model"]["name"] for c in doc["cells"]) == [mini, mini + "_hardened"]
+    (pair,) = doc["mitigation"]["pairs"]
+    assert pair["original"] == mini and pair["hardened"] == mini + "_hardened" and pair["accuracy"]["n"] == 96
+    html = render(build_report(load_input(tmp_path / "audit" / "audit.json")), "html")
+    assert "8. Mitigation" in html and "Mitigation: before and after hardening" in html

@@ -218,8 +218,17 @@ def test_recipe_with_two_replicates_gives_per_replicate_and_pooled_rows(replicat
         assert p["metrics"]["fooling_rate"]["value"] == pytest.approx(m)
         if a != b:
             assert p["metrics"]["fooling_rate"]["ci"] == pytest.approx([max(0, m - half), min(1, m + half)], abs=1e-9)
-    # one Holm family: 4 cells + 2 pooled rows + 2 per-replicate init tests + 1 pooled init test
-    assert doc["multiple_comparison"]["family_size"] == 9
+    # the verdict's family: 2 pooled rows + 1 pooled init test; the single replicates': 4 cells + 2 init tests
+    mc = doc["multiple_comparison"]
+    assert mc["families"] == {"primary": 3, "replicates": 6} and mc["family_size"] == 3
+    assert mc["comparison_families"] == ["replicates", "replicates", "primary"]
+    from robaudit.grading import load_input
+    from robaudit.stats import adjust_pvalues
+
+    ai = load_input(out / "audit.json")
+    primary = [c.comparison.p_value for c in ai.cells if c.pooled is not None] + [mc["comparison_p_values"][2]]
+    (t6,) = [v for k, v in doc["tables"].items() if k.startswith("6.")]
+    assert [r[-1] for r in t6["rows"]] == pytest.approx(adjust_pvalues(primary, "holm")[:2])
     assert doc["replicates"]["per_configuration"] == 2 and len(doc["replicates"]["comparisons"]) == 1
 
 
@@ -250,3 +259,19 @@ def test_report_verdict_and_gate_read_the_pooled_rows(replicated_audit, tmp_path
                                                                "select": {"pooled": True}, "max": 1.0}]})
     verdict = evaluate(policy, ai)
     assert len(verdict.checks) == 2 and all("pooled over 2 replicates" in c.subject for c in verdict.checks)
+
+
+def test_replicates_for_power_is_the_smallest_n_reaching_the_power():
+    from scipy import stats as st
+
+    from robaudit.stats import replicates_for_power
+
+    def power(n: int, d: float, alpha: float) -> float:  # two-sided paired t: |T| > t_crit, T ~ nct(n-1, d sqrt n)
+        tc = st.t.ppf(1 - alpha / 2, n - 1)
+        return st.nct.sf(tc, n - 1, d * math.sqrt(n)) + st.nct.cdf(-tc, n - 1, d * math.sqrt(n))
+
+    for diff, sd, alpha in ((0.10, 0.072, 0.05), (0.05, 0.072, 0.05), (0.20, 0.27, 0.05 / 1674)):
+        n = replicates_for_power(diff, sd, alpha, 0.8)
+        assert power(n, diff / sd, alpha) >= 0.8 > power(n - 1, diff / sd, alpha)
+    assert replicates_for_power(0.10, 0.072) == 7  # d = 1.39: the textbook paired-t size
+    assert replicates_for_power(0.0, 0.1) is None

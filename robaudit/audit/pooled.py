@@ -24,6 +24,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from robaudit.grading import replicate_config
 from robaudit.models.zoo import is_hardened_name, split_replicate
 from robaudit.provenance import now_iso
 from robaudit.results import (
@@ -41,19 +42,12 @@ from robaudit.stats import REPLICATE_INTERVAL, REPLICATE_TEST, mean_ci, paired_r
 MIN_REPLICATES = 2
 
 
-def config_key(r: Result) -> tuple:
-    """Everything that identifies a cell except the training replicate and the attack seed."""
-    a = r.attack
-    return (split_replicate(r.model.name)[0], r.data.name, r.data.split, a.source, a.norm, round(a.zeta or 0, 6),
-            a.method, a.target, a.surrogate, a.threat_model)
-
-
 def pool_results(results: list[Result]) -> list[Result]:
     """One pooled row per configuration that ran on >= 2 training replicates (UAP cells of zoo replicates)."""
     groups: dict[tuple, dict[int, list[Result]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
         if r.attack.kind == "uap" and r.model.replicate is not None and r.metrics is not None:
-            groups[config_key(r)][r.model.replicate].append(r)
+            groups[replicate_config(r)][r.model.replicate].append(r)
     return [_pooled(by_rep) for by_rep in groups.values() if len(by_rep) >= MIN_REPLICATES]
 
 

@@ -19,7 +19,17 @@ from robaudit.audit.pooled import pool_results, pooled_comparisons
 from robaudit.audit.recipes import AuditRecipe
 from robaudit.data import load_task
 from robaudit.data.images import resize_batch
-from robaudit.grading import FAMILY_NOTE, PVALUE_CORRECTION, adjust_family, cell_pvalues
+from robaudit.grading import (
+    FAMILY_NOTE,
+    FAMILY_NOTE_REPLICATED,
+    PRIMARY,
+    PVALUE_CORRECTION,
+    REPLICATES,
+    adjust_family,
+    cell_families,
+    cell_pvalues,
+    family_sizes,
+)
 from robaudit.models import load_model
 from robaudit.models.zoo import is_hardened_name
 from robaudit.provenance import command_line, environment, now_iso
@@ -45,7 +55,7 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
     pvals = cell_pvalues([c.result for c in done] + pooled)
 
     # ImageNet init vs random init / linear / top-k on the same images: exact paired test
-    init_rows, init_p = [], []
+    init_rows, init_p, init_replicate = [], [], []
     by_setting = defaultdict(list)
     for c in done:
         if is_hardened_name(c.result.model.name):  # compared with its original in the mitigation section
@@ -69,12 +79,17 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
                                   f"{o.result.model.name} ({o.result.model.init}/{o.result.model.transfer})",
                                   o.rate.value, p])
                 init_p.append(p)
+                init_replicate.append(b.result.model.replicate is not None)
     comparisons = pooled_comparisons(pooled)
     mitigation = mitigation_doc(recipe, done, reaudit)  # original vs hardened twins, when the cells hold them
     mitigation_p = section_pvalues(mitigation) if mitigation else []
     other_p = init_p + [c["p_value"] for c in comparisons] + mitigation_p
 
-    cell_adj, other_adj = adjust_family(pvals, other_p)
+    cell_fams = cell_families([c.result for c in done] + pooled)
+    replicated = bool(pooled)
+    other_fams = [REPLICATES if replicated and fam_of_init else PRIMARY for fam_of_init in init_replicate] + \
+        [PRIMARY] * (len(comparisons) + len(mitigation_p))
+    cell_adj, other_adj = adjust_family(pvals, other_p, cell_fams, other_fams)
     for row, p, adj in zip(rows, pvals, cell_adj, strict=False):  # pvals: the cells, then the pooled rows
         row.append(adj if adj is not None else p)  # a family of one test: its own p
     for row, adj in zip(init_rows, other_adj, strict=False):
@@ -84,7 +99,7 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
     n_init = len(init_p)
     comparison_rows = [_comparison_row(c, adj) for c, adj in
                        zip(comparisons, other_adj[n_init:n_init + len(comparisons)], strict=True)]
-    family_size = sum(p is not None for p in pvals) + len(other_p)
+    sizes = family_sizes(pvals, cell_fams, other_fams)
 
     sources_rows = []
     by_model_setting = defaultdict(dict)
@@ -144,8 +159,9 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
         "seconds": seconds,
         "counts": {"cells": len(cells), "done": len(done), "failed": len(failed),
                    "cached": sum(c.cached for c in cells)},
-        "multiple_comparison": {"method": PVALUE_CORRECTION, "family_size": family_size, "note": FAMILY_NOTE,
-                                "comparison_p_values": other_p},
+        "multiple_comparison": {"method": PVALUE_CORRECTION, "family_size": sizes.get(PRIMARY, 0),
+                                "families": sizes, "note": FAMILY_NOTE_REPLICATED if replicated else FAMILY_NOTE,
+                                "comparison_p_values": other_p, "comparison_families": other_fams},
         "cells": [_cell_json(c) for c in done] + [json.loads(r.model_dump_json()) for r in pooled],
         "replicates": {"per_configuration": recipe.replicates, "attack_seeds": len(recipe.attack_seed_list()),
                        "pooled_rows": len(pooled), "interval": REPLICATE_INTERVAL, "test": REPLICATE_TEST,

@@ -10,6 +10,7 @@ from typing import Any
 from robaudit import __version__
 from robaudit.errors import BadInput
 from robaudit.grading import (
+    PRIMARY,
     SEVERITIES,
     SEVERITY_RULE,
     Assessment,
@@ -17,6 +18,7 @@ from robaudit.grading import (
     adjusted_pvalues,
     as_input,
     assess,
+    cell_families,
     cell_label,
     severity_rank,
     source_kind,
@@ -81,9 +83,9 @@ def build_report(results: Result | Sequence[Result] | AuditInput, *, tables: dic
     adjusted = adjusted_pvalues(ai)
     assessments = [assess(c, p) for c, p in zip(ai.cells, adjusted, strict=True)]
     uap = [i for i, c in enumerate(ai.cells) if c.attack.kind == "uap" and assessments[i].severity != "info"]
-    if any(ai.cells[i].pooled is not None for i in uap):
-        # replicated training: the verdict reads the pooled rows, not the luckiest (or unluckiest) single run
-        uap = [i for i in uap if ai.cells[i].pooled is not None or ai.cells[i].model.replicate is None]
+    families = cell_families(ai.cells)
+    # replicated training: the verdict reads the pooled rows (the primary family), not the luckiest single run
+    uap = [i for i in uap if families[i] == PRIMARY]
     if uap:
         headline = max(uap, key=lambda i: (severity_rank(assessments[i].severity),
                                            assessments[i].effect_lower or 0.0, assessments[i].value or 0.0))

@@ -1,6 +1,6 @@
 """The report's mitigation figure: UAP rates before/after hardening per cell, with the accuracy cost beside.
 
-The before/after table itself is an audit table (``6. Mitigation ...``) that every report renders; this
+The before/after table itself is an audit table (``8. Mitigation ...``) that every report renders; this
 adds the figure when the document has a ``mitigation`` section (``robaudit harden``, ``harden = true``).
 """
 
