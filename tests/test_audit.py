@@ -52,17 +52,22 @@ def full_run(twins, recipe_file, tmp_path_factory):
 
 def test_packaged_recipes_validate():
     quick, _ = load_recipe("quick")
-    assert quick.model_names() == ["pneumonia_tf_efficientnet_lite0", "pneumonia_tf_efficientnet_lite0_random",
-                                   "pneumonia_tf_efficientnet_lite0_linear"]
+    assert quick.base_names() == ["pneumonia_tf_efficientnet_lite0", "pneumonia_tf_efficientnet_lite0_random",
+                                  "pneumonia_tf_efficientnet_lite0_linear"]
+    assert quick.replicates == 3 and quick.model_names()[:3] == ["pneumonia_tf_efficientnet_lite0",
+                                                                  "pneumonia_tf_efficientnet_lite0@1",
+                                                                  "pneumonia_tf_efficientnet_lite0@2"]
+    assert len(quick.cells(lambda m: [0, 1])) == 9 * 6  # 9 models x (photos, train, zero-knowledge) x 2 norms
     paper, _ = load_recipe("paper")
-    assert len(paper.model_names()) == 18 and paper.zetas == [0.02, 0.04, 0.06] and paper.clip is False
+    assert paper.replicates == 10 and len(paper.base_names()) == 18
+    assert len(paper.model_names()) == 180 and paper.zetas == [0.02, 0.04, 0.06] and paper.clip is False
     assert "random" not in paper.sources  # the random control is part of every cell
     classes = {"skin": 7, "retina-referable": 2, "pneumonia": 2}
     cells = paper.cells(lambda m: [0] * classes[m.split("_")[0]])
     # per model: 2 sources x 2 norms x 3 zetas x (1 non-targeted + n_classes targeted), plus the zero-knowledge
     # cells: the photo source x 2 norms x 3 zetas on the public ImageNet model
     assert len(cells) == sum(2 * 2 * 3 * (1 + classes[m.split("_")[0]]) + 2 * 3 for m in paper.model_names())
-    assert sum(c.surrogate == "pretrained" for c in cells) == 18 * 6 and paper.budget == 100000
+    assert sum(c.surrogate == "pretrained" for c in cells) == 180 * 6 and paper.budget == 100000
 
 
 def test_recipe_errors(tmp_path):
