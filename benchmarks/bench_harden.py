@@ -27,10 +27,10 @@ from robaudit.models.train import TrainConfig, train_model
 
 HERE = Path(__file__).resolve().parent
 TRAIN = dict(epochs=2, image_size=64, train_limit=1500, balanced=True)
-#: CPU-sized: one epoch on 600 training images with half photos in each inner UAP step
-HARDEN = dict(epochs=1, train_limit=600, source="both")
-REAUDIT = dict(threats=["photos", "train"], budget=400, train_source_limit=256, max_iter=3, controls=3,
-               eval_limit=500, pgd_n=32, pgd_steps=5, bootstrap=1000, device="cpu")
+#: the defaults (4 epochs, training-image inner UAP, loss on x + v only) on the 1,500 training images
+HARDEN = dict(epochs=4, train_limit=1500)
+REAUDIT = dict(threats=["photos", "train"], train_source_limit=400, controls=5, eval_limit=500, pgd_n=64,
+               pgd_steps=10, bootstrap=1000, device="cpu")
 
 
 def run_task(task: str, out_root: Path) -> dict:

@@ -162,7 +162,7 @@ def harden_recipe_models(recipe: AuditRecipe, train_missing: bool, quiet: bool =
     seeds = recipe.attack_seed_list()
     cfg = HardenConfig(epochs=recipe.train.epochs, seed=max(seeds) + 1, audit_seeds=seeds,
                        audit_photos=recipe.source_limit, select_limit=recipe.select_limit,
-                       source="both" if recipe.source_limit else "train", train_limit=recipe.train.train_limit,
+                       source="train", train_limit=recipe.train.train_limit,
                        norm=recipe.norms[0], zeta=recipe.zetas[0])
     twins = []
     for n in names:

@@ -10,6 +10,7 @@ with ``harden = true`` (see :mod:`robaudit.audit.mitigation`).
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Literal
 
@@ -60,8 +61,10 @@ class ReauditConfig(BaseModel):
 
 def _bootstrap_ci(fn, data: tuple, n: int, seed: int) -> list[float]:
     """Paired percentile bootstrap over the test images (scipy), 95 %."""
-    res = sps.bootstrap(data, fn, paired=True, vectorized=False, n_resamples=n, method="percentile",
-                        random_state=np.random.default_rng(seed))
+    with warnings.catch_warnings():  # a resample can miss a rare class: sklearn warns, the statistic is still defined
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        res = sps.bootstrap(data, fn, paired=True, vectorized=False, n_resamples=n, method="percentile",
+                            random_state=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
     return [float(lo), float(hi)]
 

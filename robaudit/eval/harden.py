@@ -39,19 +39,20 @@ from robaudit.attacks.uap.state import UAPSettings, UAPState
 from robaudit.console import info, progress
 from robaudit.data import load_source
 from robaudit.device import resolve_device
-from robaudit.errors import BadInput, Interrupted, RuntimeFailure
+from robaudit.errors import BadInput, Interrupted
 from robaudit.io import atomic_write_text
 from robaudit.models import load_model_and_task
 from robaudit.models.normalize import channels_last_model
 from robaudit.models.store import ModelCard, is_trained, model_dir, save_model, trained_names
 from robaudit.models.train import (
     TrainConfig,
-    _augment,
-    _flatten_optimizer,
-    _frozen_modules_eval,
-    _set_trainable,
-    _unflatten_optimizer,
+    augment,
+    descend,
     evaluate_accuracy,
+    flatten_optimizer,
+    frozen_modules_eval,
+    set_trainable,
+    unflatten_optimizer,
 )
 from robaudit.models.zoo import hardened_name, split_replicate
 from robaudit.provenance import now_iso, versions
@@ -66,16 +67,18 @@ class HardenConfig(BaseModel):
     """How a model is hardened; everything that changes the weights is here (and in the card)."""
 
     model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(4, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(3e-4, gt=0, description="peak learning rate (one-cycle), lower than training: a fine-tune")
     weight_decay: float = Field(1e-4, ge=0)
     norm: Norm = "l2"
     zeta: float = Field(0.04, gt=0, le=1, description="eps as a fraction of the task's mean image norm (as uap)")
-    source: Literal["train", "imagenet", "both"] = Field("both", description="what the inner UAP is built from")
+    source: Literal["train", "imagenet", "both"] = Field("train", description="what the inner UAP is built from "
+                                                         "(train: the strongest in benchmarks/README.md)")
     attacker: Literal["fgsm", "sgd"] = "fgsm"
     step_size: float | None = Field(None, gt=0, description="inner attacker's step (default: the engine's)")
-    adv_weight: float = Field(0.5, ge=0, le=1, description="share of the loss on x + v")
+    adv_weight: float = Field(1.0, ge=0, le=1, description="share of the loss on x + v (1: Shafahi et al.'s "
+                              "min-max, the strongest measured)")
     train_limit: int | None = Field(None, ge=1)
     photo_limit: int | None = Field(None, ge=1, description="hardening photos (after the audit's are removed)")
     balanced: bool | None = Field(None, description="class-balanced sampling (default: as the model was trained)")
@@ -159,7 +162,7 @@ def harden_model(name: str | None = None, config: HardenConfig | None = None, *,
     torch.manual_seed(cfg.seed)
     module = lm.module
     net = module.net
-    _set_trainable(net, card0.transfer if card0.transfer in ("full", "top-k", "linear", "scratch") else "full",
+    set_trainable(net, card0.transfer if card0.transfer in ("full", "top-k", "linear", "scratch") else "full",
                    card0.top_k)
     balanced = cfg.balanced if cfg.balanced is not None else bool(card0.train.get("balanced", False))
     aug = TrainConfig(augment=cfg.augment, seed=cfg.seed)
@@ -200,7 +203,7 @@ def harden_model(name: str | None = None, config: HardenConfig | None = None, *,
             saved = load_file(str(state_file))
             net.load_state_dict({k[4:]: t for k, t in saved.items() if k.startswith("net.")})
             v = saved["uap"].to(dev)
-            opt.load_state_dict(_unflatten_optimizer(saved, meta["optimizer"]))
+            opt.load_state_dict(unflatten_optimizer(saved, meta["optimizer"]))
             sched.load_state_dict(meta["scheduler"])
             start, history = meta["epoch"] + 1, meta["history"]
             if not quiet:
@@ -217,22 +220,16 @@ def harden_model(name: str | None = None, config: HardenConfig | None = None, *,
                 stats = {"loss": 0.0, "clean_correct": 0, "adv_correct": 0, "n": 0}
                 for s in range(steps):
                     b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                    xb, yb = _augment(x_tr[b], aug, gen).to(dev), y_tr[b].to(dev)
+                    xb, yb = augment(x_tr[b], aug, gen).to(dev), y_tr[b].to(dev)
                     v = _attack_step(fast, inner, cfg, eps, v, xb, yb, photos, gen, dev,
                                      seed=cfg.seed * 1_000_003 + epoch * steps + s)
                     module.train()
-                    _frozen_modules_eval(net)
+                    frozen_modules_eval(net)
                     out = fast(torch.cat([xb, perturb(xb, v, True)]))
                     n = len(b)
                     loss = ((1 - cfg.adv_weight) * F.cross_entropy(out[:n], yb)
                             + cfg.adv_weight * F.cross_entropy(out[n:], yb))
-                    if not torch.isfinite(loss):
-                        raise RuntimeFailure(f"hardening diverged (loss {loss.item()}) at epoch {epoch + 1}",
-                                             "lower --lr")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
+                    descend(loss, opt, sched, f"hardening diverged at epoch {epoch + 1}")
                     stats["loss"] += loss.item() * n
                     stats["clean_correct"] += int((out[:n].argmax(1) == yb).sum())
                     stats["adv_correct"] += int((out[n:].argmax(1) == yb).sum())
@@ -249,7 +246,7 @@ def harden_model(name: str | None = None, config: HardenConfig | None = None, *,
                 history.append(row)
                 flat = {f"net.{k}": t.detach().cpu().contiguous() for k, t in net.state_dict().items()}
                 flat["uap"] = v.detach().cpu().contiguous()
-                opt_tensors, opt_meta = _flatten_optimizer(opt.state_dict())
+                opt_tensors, opt_meta = flatten_optimizer(opt.state_dict())
                 flat.update(opt_tensors)
                 d.mkdir(parents=True, exist_ok=True)
                 tmp = state_file.with_suffix(".tmp")
@@ -298,7 +295,7 @@ def _attack_step(module, inner, cfg: HardenConfig, eps: float, v, xb, yb, photos
     else:
         k = n if cfg.source == "imagenet" else n // 2
         pick = torch.randint(len(photos), (k,), generator=gen)
-        xp = _augment(photos[pick], TrainConfig(augment=True, rotation=0.0), gen).to(dev)
+        xp = augment(photos[pick], TrainConfig(augment=True, rotation=0.0), gen).to(dev)
         lp = predict(module, xp, batch_size=len(xp), device=dev)  # photos have no labels: clean predictions
         xa, la = (xp, lp.to(dev)) if cfg.source == "imagenet" else (torch.cat([xb[:n - k], xp]),
                                                                      torch.cat([yb[:n - k], lp.to(dev)]))

@@ -70,7 +70,7 @@ def _default_lr(transfer: str) -> float:
     return {"scratch": 3e-3, "linear": 1e-2}.get(transfer, 1e-3)
 
 
-def _set_trainable(net, transfer: str, top_k: int | None) -> None:
+def set_trainable(net, transfer: str, top_k: int | None) -> None:
     """Freeze parameters according to the transfer configuration (head always trains)."""
 
     head = {id(p) for p in net.get_classifier().parameters()}
@@ -89,7 +89,7 @@ def _set_trainable(net, transfer: str, top_k: int | None) -> None:
                 names[n].requires_grad_(True)
 
 
-def _frozen_modules_eval(net) -> None:
+def frozen_modules_eval(net) -> None:
     """Keep BatchNorm of fully frozen modules in eval mode so frozen features stay the ImageNet ones."""
     for m in net.modules():
         params = list(m.parameters(recurse=False))
@@ -97,7 +97,7 @@ def _frozen_modules_eval(net) -> None:
             m.eval()
 
 
-def _augment(x, cfg: TrainConfig, gen):
+def augment(x, cfg: TrainConfig, gen):
     """Per-image random rotation (+-rotation deg), shift (+-shift) and horizontal flip, in one batched warp."""
 
     if not cfg.augment:
@@ -113,6 +113,17 @@ def _augment(x, cfg: TrainConfig, gen):
     theta[:, :, 2] = (r[:, 2:] * 2 - 1) * cfg.shift * 2  # grid units span [-1, 1]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def descend(loss, opt, sched, where: str) -> None:
+    """One optimiser and scheduler step on ``loss``; a non-finite loss stops the run (RuntimeFailure) before it
+    poisons the weights and the epoch checkpoint."""
+    if not torch.isfinite(loss):
+        raise RuntimeFailure(f"{where} (loss {loss.item()})", "lower --lr")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
 
 
 def evaluate_accuracy(module, x, y, batch_size: int = 256) -> tuple[float, object]:
@@ -147,7 +158,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
     bb = create_backbone(recipe.arch, task.num_classes, pretrained=recipe.init == "imagenet",
                          weights_file=cfg.weights_file)
     net = bb.net
-    _set_trainable(net, recipe.transfer, recipe.top_k)
+    set_trainable(net, recipe.transfer, recipe.top_k)
     model = Normalized(net, bb.mean, bb.std).to(dev)
 
     idx = task.select("train", cfg.train_limit, cfg.seed)
@@ -178,7 +189,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
             saved = load_file(str(state_file))
             net.load_state_dict({k[4:]: v for k, v in saved.items() if k.startswith("net.")})
             best_state = {k[5:]: v for k, v in saved.items() if k.startswith("best.")} or None
-            opt.load_state_dict(_unflatten_optimizer(saved, meta["optimizer"]))
+            opt.load_state_dict(unflatten_optimizer(saved, meta["optimizer"]))
             sched.load_state_dict(meta["scheduler"])
             start_epoch, best, history = meta["epoch"] + 1, meta["best"], meta.get("history", [])
             if not quiet:
@@ -197,22 +208,15 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
             else:
                 order = torch.randperm(len(x_tr), generator=gen)
             model.train()
-            _frozen_modules_eval(net)
+            frozen_modules_eval(net)
             total, correct, loss_sum = 0, 0, 0.0
             for s in range(steps_per_epoch):
                 b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                xb = _augment(x_tr[b], cfg, gen).to(dev)
+                xb = augment(x_tr[b], cfg, gen).to(dev)
                 yb = y_tr[b].to(dev)
                 out = fast(xb)
                 loss = torch.nn.functional.cross_entropy(out, yb)
-                if not torch.isfinite(loss):
-
-                    raise RuntimeFailure(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}",
-                                         "lower --lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                descend(loss, opt, sched, f"training diverged at epoch {epoch + 1}")
                 total += len(b)
                 correct += int((out.argmax(1) == yb).sum())
                 loss_sum += loss.item() * len(b)
@@ -226,7 +230,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
             # checkpoint the finished epoch (atomic), so Ctrl-C loses at most the running epoch
             flat = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
             flat.update({f"best.{k}": v.contiguous() for k, v in (best_state or {}).items()})
-            opt_tensors, opt_meta = _flatten_optimizer(opt.state_dict())
+            opt_tensors, opt_meta = flatten_optimizer(opt.state_dict())
             flat.update(opt_tensors)
             d.mkdir(parents=True, exist_ok=True)
             tmp = state_file.with_suffix(".tmp")
@@ -264,7 +268,7 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
     return card
 
 
-def _flatten_optimizer(state: dict) -> tuple[dict, dict]:
+def flatten_optimizer(state: dict) -> tuple[dict, dict]:
     """Split an optimizer state dict into tensors (for safetensors) and JSON metadata."""
 
     tensors, meta_state = {}, {}
@@ -279,7 +283,7 @@ def _flatten_optimizer(state: dict) -> tuple[dict, dict]:
     return tensors, {"state": meta_state, "param_groups": state["param_groups"]}
 
 
-def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+def unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     state = {}
     for pid, st in meta["state"].items():
         state[int(pid)] = {k: (tensors[f"opt.{pid}.{k}"] if v == "__tensor__" else v) for k, v in st.items()}
