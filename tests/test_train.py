@@ -52,7 +52,7 @@ def test_resume_after_interrupt_matches_uninterrupted(monkeypatch):
     ref_state = load_model(ref.name, device="cpu").module.state_dict()
 
     calls = {"n": 0}
-    real = tr._augment
+    real = tr.augment
 
     def interrupting(x, c, g):
         calls["n"] += 1
@@ -60,11 +60,11 @@ def test_resume_after_interrupt_matches_uninterrupted(monkeypatch):
             raise KeyboardInterrupt
         return real(x, c, g)
 
-    monkeypatch.setattr(tr, "_augment", interrupting)
+    monkeypatch.setattr(tr, "augment", interrupting)
     with pytest.raises(KeyboardInterrupt):
         train_model("pneumonia_resnet10t_random", cfg, device="cpu", quiet=True)
     assert (tr.model_dir("pneumonia_resnet10t_random") / "train_state.json").is_file()
-    monkeypatch.setattr(tr, "_augment", real)
+    monkeypatch.setattr(tr, "augment", real)
     resumed = train_model("pneumonia_resnet10t_random", cfg, device="cpu", quiet=True)
     assert resumed.train["history"] == ref.train["history"]
     state = load_model(resumed.name, device="cpu").module.state_dict()
@@ -75,16 +75,16 @@ def test_resume_after_interrupt_matches_uninterrupted(monkeypatch):
 def test_transfer_configs_freeze_the_right_parameters():
     import timm
 
-    from robaudit.models.train import _set_trainable
+    from robaudit.models.train import set_trainable
 
     net = timm.create_model("resnet18", num_classes=2)
-    _set_trainable(net, "linear", None)
+    set_trainable(net, "linear", None)
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert trainable == {"fc.weight", "fc.bias"}
-    _set_trainable(net, "top-k", 1)
+    set_trainable(net, "top-k", 1)
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert any(n.startswith("layer4.") for n in trainable) and not any(n.startswith("layer3.") for n in trainable)
-    _set_trainable(net, "full", None)
+    set_trainable(net, "full", None)
     assert all(p.requires_grad for p in net.parameters())
 
 

@@ -230,7 +230,7 @@ def mitigation_doc(recipe: AuditRecipe, done: list[Cell], cfg: ReauditConfig | N
         if not name or not is_hardened_name(name):
             continue
         for o in done:
-            if o.spec.model and hardened_name(o.spec.model) == name and \
+            if o.spec.model and not is_hardened_name(o.spec.model) and hardened_name(o.spec.model) == name and \
                     c.spec.model_copy(update={"model": o.spec.model}).cache_key() == o.key and o.key in by_key:
                 threat = ("targeted" if c.spec.target is not None else "surrogate" if c.spec.surrogate else
                           "train" if c.spec.source == "train" else "photos")
