@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from sklearn.metrics import balanced_accuracy_score
 
 from robaudit.attacks.lp import perturb
@@ -40,7 +40,6 @@ from robaudit.console import info, progress
 from robaudit.data import load_source
 from robaudit.device import resolve_device
 from robaudit.errors import BadInput, Interrupted
-from robaudit.io import atomic_write_text
 from robaudit.models import load_model_and_task
 from robaudit.models.normalize import channels_last_model
 from robaudit.models.store import ModelCard, is_trained, model_dir, save_model, trained_names
@@ -49,8 +48,8 @@ from robaudit.models.train import (
     augment,
     descend,
     evaluate_accuracy,
-    flatten_optimizer,
     frozen_modules_eval,
+    save_epoch,
     set_trainable,
     unflatten_optimizer,
 )
@@ -246,15 +245,8 @@ def harden_model(name: str | None = None, config: HardenConfig | None = None, *,
                 history.append(row)
                 flat = {f"net.{k}": t.detach().cpu().contiguous() for k, t in net.state_dict().items()}
                 flat["uap"] = v.detach().cpu().contiguous()
-                opt_tensors, opt_meta = flatten_optimizer(opt.state_dict())
-                flat.update(opt_tensors)
-                d.mkdir(parents=True, exist_ok=True)
-                tmp = state_file.with_suffix(".tmp")
-                save_file(flat, str(tmp))
-                tmp.replace(state_file)
-                atomic_write_text(meta_file, json.dumps({"fingerprint": fp, "epoch": epoch, "history": history,
-                                                         "optimizer": opt_meta, "scheduler": sched.state_dict()},
-                                                        default=float))
+                save_epoch(state_file, meta_file, flat, opt, sched, {"fingerprint": fp, "epoch": epoch,
+                                                                     "history": history})
                 if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg.epochs:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:

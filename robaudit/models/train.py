@@ -230,15 +230,8 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
             # checkpoint the finished epoch (atomic), so Ctrl-C loses at most the running epoch
             flat = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
             flat.update({f"best.{k}": v.contiguous() for k, v in (best_state or {}).items()})
-            opt_tensors, opt_meta = flatten_optimizer(opt.state_dict())
-            flat.update(opt_tensors)
-            d.mkdir(parents=True, exist_ok=True)
-            tmp = state_file.with_suffix(".tmp")
-            save_file(flat, str(tmp))
-            tmp.replace(state_file)
-            atomic_write_text(meta_file, json.dumps({"fingerprint": fp, "epoch": epoch, "best": best,
-                                                     "optimizer": opt_meta, "scheduler": sched.state_dict(),
-                                                     "history": history}, default=float))
+            save_epoch(state_file, meta_file, flat, opt, sched,
+                       {"fingerprint": fp, "epoch": epoch, "best": best, "history": history})
 
     net.load_state_dict(best_state)
     model.eval()
@@ -266,6 +259,19 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
     for f in (state_file, meta_file):
         f.unlink(missing_ok=True)
     return card
+
+
+def save_epoch(state_file, meta_file, tensors: dict, opt, sched, meta: dict) -> None:
+    """Checkpoint a finished epoch: ``tensors`` plus the optimizer state (safetensors, replaced atomically),
+    then ``meta`` with the optimizer and scheduler metadata (JSON, atomic; written last, so a resume that
+    finds it finds matching tensors)."""
+    opt_tensors, opt_meta = flatten_optimizer(opt.state_dict())
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_file.with_suffix(".tmp")
+    save_file({**tensors, **opt_tensors}, str(tmp))
+    tmp.replace(state_file)
+    atomic_write_text(meta_file, json.dumps({**meta, "optimizer": opt_meta, "scheduler": sched.state_dict()},
+                                            default=float))
 
 
 def flatten_optimizer(state: dict) -> tuple[dict, dict]:
