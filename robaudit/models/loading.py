@@ -122,8 +122,10 @@ def load_model(name: str | None = None, checkpoint: str | Path | None = None, ar
     if not is_trained(name):
         recipe = parse_zoo_name(name)
         load_task(recipe.task_ref)  # an unknown task is the better error
+        make = (f"robaudit harden {recipe.name.replace('_hardened', '')}" if recipe.hardened
+                else f"robaudit train {recipe.name}")
         raise BadInput(f"model {name!r} is not trained yet (store: {model_dir(name).parent})",
-                       f"run 'robaudit train {recipe.name}' first, or pass --checkpoint PATH --arch {recipe.arch}")
+                       f"run '{make}' first, or pass --checkpoint PATH --arch {recipe.arch}")
     d = model_dir(name)
     card = read_card(d / "card.json")
     state = load_state(d / "model.safetensors")
