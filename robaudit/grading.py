@@ -37,6 +37,7 @@ from typing import Any
 
 from robaudit.errors import BadInput
 from robaudit.io import read_json
+from robaudit.models.zoo import split_replicate
 from robaudit.results import Result, validate_result
 from robaudit.stats import adjust_pvalues
 
@@ -273,7 +274,7 @@ def adjust_family(cell_pvalues: Sequence[float | None], other_pvalues: Sequence[
 def replicate_config(r: Result) -> tuple:
     """What identifies a cell apart from its training replicate and attack seed (the key rows pool over)."""
     a = r.attack
-    return (r.model.name.partition("@")[0], r.data.name, r.data.split, a.source, a.norm, round(a.zeta or 0, 6),
+    return (split_replicate(r.model.name)[0], r.data.name, r.data.split, a.source, a.norm, round(a.zeta or 0, 6),
             a.method, a.target, a.surrogate, a.threat_model)
 
 
