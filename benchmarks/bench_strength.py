@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from robaudit.attacks.predict import predict
+from robaudit.core.specs import make_spec
 from robaudit.data import load_source
 from robaudit.eval.run import run_uap
 from robaudit.models import load_model_and_task
 from robaudit.models.store import is_trained
 from robaudit.models.train import TrainConfig, train_model
-from robaudit.specs import make_spec
 
 ARCH = "tf_efficientnet_lite0"
 #: robaudit configurations compared (name -> `robaudit uap` options over its defaults)

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from robaudit.attacks.predict import predict
+from robaudit.core.specs import UAPSpec
+from robaudit.core.stats import mean_ci, paired_replicate_test
 from robaudit.data import load_task
 from robaudit.eval.run import run_uap
 from robaudit.models import load_model
 from robaudit.models.zoo import parse_zoo_name, split_replicate
-from robaudit.specs import UAPSpec
-from robaudit.stats import mean_ci, paired_replicate_test
 
 OUT = Path(__file__).parent / "results" / "linear_finding.json"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from robaudit.audit import load_recipe
+from robaudit.core.stats import replicates_for_power
 from robaudit.data import load_task
-from robaudit.stats import replicates_for_power
 
 DIFFERENCES = (0.05, 0.10, 0.20)
 OUT = Path(__file__).parent / "results" / "replicate_power.json"

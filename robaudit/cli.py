@@ -50,7 +50,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    from robaudit.settings import set_data_root
+    from robaudit.core.locations import set_data_root
 
     # only an explicit --data-root overrides; from the environment it stays "ROBAUDIT_DATA" in messages
     from_env = getattr(ctx.get_parameter_source("data_root"), "name", None) == "ENVIRONMENT"
@@ -83,16 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - older typer uses click itself
         from click import exceptions as cx
 
-    from robaudit.console import err
-    from robaudit.errors import Interrupted, RobauditError
+    from robaudit.core.console import err
+    from robaudit.core.errors import Interrupted, RobauditError
 
     def one_line(message: str, hint: str | None = None) -> None:
         err.print(f"[bold red]error:[/] {escape(message)}" + (f" [dim]({escape(hint)})[/]" if hint else ""),
                   soft_wrap=True, highlight=False)
 
-    from robaudit import settings
+    from robaudit.core import locations
 
-    saved_root = settings.configured_override()  # --data-root lasts one invocation, also when called in-process
+    saved_root = locations.configured_override()  # --data-root lasts one invocation, also when called in-process
     try:
         rv = app(args=argv, prog_name="robaudit", standalone_mode=False)
     except Interrupted as exc:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[bold red]internal error:[/] {escape(_crash_line(exc, argv))}", soft_wrap=True, highlight=False)
         return 3
     finally:
-        settings.set_data_root(saved_root)
+        locations.set_data_root(saved_root)
     return rv if isinstance(rv, int) else 0
 
 
@@ -131,7 +131,7 @@ def _crash_line(exc: BaseException, argv: list[str] | None) -> str:
     exit 3 says 'robaudit failed', distinct from a gate's 1 and from bad input's 2)."""
     import traceback
 
-    from robaudit.io import write_crash_log
+    from robaudit.core.files import write_crash_log
 
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     args = sys.argv[1:] if argv is None else argv

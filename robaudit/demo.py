@@ -15,13 +15,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from robaudit import settings
 from robaudit.audit import AuditRecipe, run_audit
 from robaudit.audit.recipes import TrainSettings
-from robaudit.console import info
+from robaudit.core import locations
+from robaudit.core.console import info
+from robaudit.core.errors import BadInput
 from robaudit.data import load_task
 from robaudit.data.embedded import NAME as EMBEDDED
-from robaudit.errors import BadInput
 from robaudit.grading import load_input
 from robaudit.report import write_reports
 
@@ -51,7 +51,7 @@ def choose_data(data: str | None = None) -> DataChoice:
                           "photos bundled in the scikit-image, scikit-learn and matplotlib wheels, as an augmented "
                           "stream (random-resized crops, flips)")
     task = load_task(data)
-    root = settings.data_root(required=False)
+    root = locations.data_root(required=False)
     target = TARGETS.get(task.full_name)
     if root is not None and (root / "imagenet").is_dir() and any((root / "imagenet").iterdir()):
         source, source_why = "imagenet", f"ImageNet photos under {root / 'imagenet'}, as an augmented stream"

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robaudit.errors import BadInput
-from robaudit.io import read_json
+from robaudit.core.errors import BadInput
+from robaudit.core.files import read_json
+from robaudit.core.results import Result, validate_result
+from robaudit.core.stats import adjust_pvalues
 from robaudit.models.zoo import split_replicate
-from robaudit.results import Result, validate_result
-from robaudit.stats import adjust_pvalues
 
 SEVERITIES = ("none", "low", "moderate", "high", "critical")
 _RANK = {"info": -1, **{s: i for i, s in enumerate(SEVERITIES)}}

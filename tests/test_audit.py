@@ -9,7 +9,7 @@ import pytest
 
 from robaudit.audit.recipes import AuditRecipe, load_recipe
 from robaudit.cli import main
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 TINY = """
 name = "tiny"
@@ -126,8 +126,8 @@ def test_report_and_gate_read_the_audits_own_holm_family(full_run):
 
 
 def test_transfer_diagonal_equals_per_model_uap(full_run):
+    from robaudit.core.specs import UAPSpec
     from robaudit.eval.run import run_uap
-    from robaudit.specs import UAPSpec
 
     doc, out = full_run
     m = doc["transfer"]
@@ -186,7 +186,7 @@ def test_failing_cell_is_recorded_and_audit_carries_on(twins, tmp_path):
 def test_statistics_agree_with_scipy_on_known_cases():
     from scipy.stats import binomtest
 
-    from robaudit.stats import adjust_pvalues, mcnemar_exact, proportion_ci
+    from robaudit.core.stats import adjust_pvalues, mcnemar_exact, proportion_ci
 
     a = np.array([1] * 10 + [0] * 2 + [1] * 5 + [0] * 3, bool)
     b = np.array([0] * 10 + [1] * 2 + [1] * 5 + [0] * 3, bool)

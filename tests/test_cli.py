@@ -87,8 +87,8 @@ def test_data_fetch_offline_is_clear(capsys, tmp_path, monkeypatch):
 
 
 def test_data_root_override_lasts_one_invocation_and_missing_task_files_are_named(tmp_path, capsys):
-    from robaudit import settings
+    from robaudit.core import locations
 
     code, _, err = run_cli(["--data-root", str(tmp_path), "uap", "--model", "skin_resnet18"], capsys)
-    assert code == 2 and settings.configured_override() is None  # not leaked into the next call
+    assert code == 2 and locations.configured_override() is None  # not leaked into the next call
     assert "'skin' (dermamnist.npz) is not in the data root" in err and "did you mean" not in err

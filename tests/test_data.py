@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from robaudit.core.errors import BadInput
 from robaudit.data import load_source, load_task
-from robaudit.errors import BadInput
 
 
 def test_named_tasks_resolve_through_cards(data_root):

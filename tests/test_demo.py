@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from robaudit import settings
+from robaudit.core import locations
 from robaudit.demo import choose_data, run_demo
 
 
 def test_demo_small_runs_on_the_embedded_data_without_a_data_root(tmp_path, monkeypatch):
     monkeypatch.delenv("ROBAUDIT_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no MedMNIST cache either: only what ships in the package
-    settings.set_data_root(None)
+    locations.set_data_root(None)
     doc, choice, paths = run_demo(tmp_path / "demo", small=True, device="cpu", quiet=True)
     assert choice.task == "pneumonia-mini" and choice.source == "natural" and "Kermany" in choice.why
     # 2 models (ImageNet init, random init) x [natural (+ targeted 'normal'), train (+ targeted)] + 2 zero-knowledge

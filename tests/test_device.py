@@ -20,7 +20,7 @@ import torch
 
 from robaudit.attacks.uap import build_uap  # also registers the UAP methods
 from robaudit.attacks.uap.registry import lookup, method_names
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA")])]
@@ -68,8 +68,8 @@ def store(tmp_path_factory):
 
 
 def _run(device: str, **kw):
+    from robaudit.core.specs import make_spec
     from robaudit.eval.run import run_uap
-    from robaudit.specs import make_spec
 
     return run_uap(make_spec(**(RUN | kw | {"device": device})), quiet=True).result
 
@@ -207,7 +207,7 @@ def test_ray_executor_runs_a_cell_on_the_device(device, on_cpu, tmp_path):
     ray = pytest.importorskip("ray")
     from robaudit.audit.cells import make_cell
     from robaudit.audit.ray_executor import run_cells_ray
-    from robaudit.specs import make_spec
+    from robaudit.core.specs import make_spec
 
     kw = _cell("fgsm", "l2")
     kw["zeta"] = _zeta(on_cpu, device == "cpu", **kw)
@@ -225,7 +225,7 @@ def test_ray_executor_runs_a_cell_on_the_device(device, on_cpu, tmp_path):
 def test_cli_under_torchrun_on_the_device(device, on_cpu, tmp_path):
     """``torchrun --nproc_per_node=1 -m robaudit.cli uap --device D``: the CPU's verdict. A world of one runs
     without a process group (init_from_env returns None); the next test drives the group's collectives."""
-    from robaudit.results import Result
+    from robaudit.core.results import Result
 
     kw = _cell("sgd", "l2")
     kw["zeta"] = _zeta(on_cpu, device == "cpu", **kw)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from robaudit.attacks.uap import build_uap
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 NAME, SIZE, CLASSES = "pneumonia_resnet10t_dist_test", 32, ["normal", "pneumonia"]
 N = 41  # odd: the two shards differ in size, and the last global mini-batch leaves one rank empty
@@ -41,9 +41,9 @@ WORKER = textwrap.dedent('''
     torch.set_num_threads(1)
     from robaudit.attacks.uap import build_uap
     from robaudit.cli import main
-    from robaudit.specs import make_spec
+    from robaudit.core.specs import make_spec
     from robaudit.attacks.uap.group import init_from_env, shard
-    from robaudit.errors import BadInput
+    from robaudit.core.errors import BadInput
     from robaudit.eval.run import run_uap
     from robaudit.models import load_model
 
@@ -153,8 +153,8 @@ def test_reference_mode_is_refused_under_torchrun(torchrun):
 
 def test_runner_streams_shards_and_only_rank0_writes(setup, torchrun):
     """run_uap over a streamed folder source (chunks of 10 -> 5 per rank, one rank runs out first)."""
+    from robaudit.core.specs import make_spec
     from robaudit.eval.run import run_uap
-    from robaudit.specs import make_spec
 
     work, _, spec, _ = setup
     single = run_uap(make_spec(**spec), out_dir=work / "single", quiet=True)
@@ -191,11 +191,11 @@ def test_distributed_without_a_group_is_bad_input(tiny_model):
 def test_amp_bfloat16_on_cpu_keeps_the_verdict(setup):
     """--amp builds the UAP under bfloat16 autocast; judged in float32 it fools as the float32 UAP does."""
     from robaudit.attacks.predict import predict
+    from robaudit.core.specs import make_spec
+    from robaudit.core.stats import rate
     from robaudit.eval.run import run_uap
     from robaudit.models import load_model
     from robaudit.models.normalize import fast_model
-    from robaudit.specs import make_spec
-    from robaudit.stats import rate
 
     work, photos = setup[0], setup[1]
     model = load_model(NAME, device="cpu").module

@@ -82,7 +82,7 @@ def test_card_records_how_and_keeps_the_reaudit_apart(hardened):
 
 def test_resume_gives_the_same_weights(trained, tmp_path):
     """An interrupted hardening resumed from its epoch checkpoint ends with the uninterrupted run's weights."""
-    from robaudit.errors import Interrupted
+    from robaudit.core.errors import Interrupted
     from robaudit.eval.harden import HardenConfig, harden_model
     from robaudit.models.store import load_state, model_dir
 

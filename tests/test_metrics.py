@@ -11,8 +11,8 @@ from statsmodels.stats.proportion import proportion_confint
 from robaudit.attacks.lp import lp_norm
 from robaudit.attacks.noise import random_controls
 from robaudit.attacks.predict import predict
+from robaudit.core.stats import mean_ci
 from robaudit.eval.metrics import compare_to_control, control_metrics, uap_metrics
-from robaudit.stats import mean_ci
 
 
 class Brightness(torch.nn.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from robaudit.errors import BadInput, UnsafeCheckpoint
+from robaudit.core.errors import BadInput, UnsafeCheckpoint
 from robaudit.models import load_model, model_name, parse_zoo_name
 from robaudit.models.factory import create_backbone
 from robaudit.models.store import ModelCard, load_state, save_model
@@ -167,7 +167,7 @@ def test_hub_download_path_reads_a_warm_cache_and_weights_file(tmp_path, monkeyp
 
 def test_a_non_torch_file_is_not_called_unsafe(tmp_path):
     """A text file renamed .pt is a wrong file, not pickled code: no --trust-checkpoint hint."""
-    from robaudit.errors import UnsafeCheckpoint
+    from robaudit.core.errors import UnsafeCheckpoint
     from robaudit.models.store import load_state
 
     bad = tmp_path / "model.pt"

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from robaudit.attacks.backends import ATTACKS, BACKENDS, backend_class, support_matrix
 from robaudit.attacks.persample import run_attack
 from robaudit.cli import main
-from robaudit.errors import BadInput, RuntimeFailure
-from robaudit.results import Result
+from robaudit.core.errors import BadInput, RuntimeFailure
+from robaudit.core.results import Result
 
 SIZE = 32
 CLASSES = ["normal", "pneumonia"]

@@ -13,8 +13,8 @@ import torch
 from robaudit.audit import run_audit
 from robaudit.audit.ray_executor import cell_resources, run_cells_ray
 from robaudit.audit.recipes import load_recipe
-from robaudit.errors import BadInput
-from robaudit.specs import UAPSpec
+from robaudit.core.errors import BadInput
+from robaudit.core.specs import UAPSpec
 
 NAME, CLASSES = "pneumonia_resnet10t_ray_test", ["normal", "pneumonia"]
 RECIPE = f"""

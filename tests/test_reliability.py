@@ -296,8 +296,8 @@ def test_read_image_refuses_bombs_and_truncated_files(work, tmp_path):
 
 
 def test_a_bad_photo_in_a_source_is_skipped_and_a_source_of_bad_photos_is_bad_input(data_root, tmp_path):
+    from robaudit.core.errors import BadInput
     from robaudit.data import load_source
-    from robaudit.errors import BadInput
 
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -319,7 +319,7 @@ def test_a_bad_photo_in_a_source_is_skipped_and_a_source_of_bad_photos_is_bad_in
 
 
 def test_a_uap_from_a_folder_with_a_bomb_among_its_photos_runs(work, data_root, tmp_path, capsys):
-    from robaudit.specs import UAPSpec
+    from robaudit.core.specs import UAPSpec
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -351,8 +351,8 @@ def test_init_given_an_npz_archive_is_bad_input(work, tmp_path, capsys):
     ("strings", "holds <U1 values, not numbers"),
 ])
 def test_read_npy_names_what_a_file_is(tmp_path, content, fragment):
-    from robaudit.errors import BadInput
-    from robaudit.io import read_npy
+    from robaudit.core.errors import BadInput
+    from robaudit.core.files import read_npy
 
     f = tmp_path / "v.npy"
     if content == "npz":
@@ -513,9 +513,9 @@ def test_a_failed_write_keeps_the_perturbation_and_exits_3(work, reference, home
 def test_interrupted_run_that_cannot_save_its_partial_keeps_it_elsewhere(reference, home, tmp_path, monkeypatch):
     import torch
 
-    from robaudit.errors import Interrupted
+    from robaudit.core.errors import Interrupted
+    from robaudit.core.specs import make_spec
     from robaudit.eval.artifacts import save_partial
-    from robaudit.specs import make_spec
 
     v = torch.from_numpy(reference[1])
     with failing_writes(monkeypatch, tmp_path / "o", errno.ENOSPC), pytest.raises(Interrupted) as exc:
@@ -524,7 +524,7 @@ def test_interrupted_run_that_cannot_save_its_partial_keeps_it_elsewhere(referen
     np.testing.assert_array_equal(np.load(rescued_from(exc.value.message)), reference[1])
 
 
-HOLD_LOCK = ("import sys, time; from pathlib import Path; from robaudit.io import OutputLock; "
+HOLD_LOCK = ("import sys, time; from pathlib import Path; from robaudit.core.files import OutputLock; "
              "lock = OutputLock(Path(sys.argv[1])); lock.acquire(); print('locked', flush=True); time.sleep(120)")
 
 

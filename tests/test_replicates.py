@@ -16,9 +16,8 @@ import pytest
 
 from robaudit.audit import AuditRecipe, run_audit
 from robaudit.audit.pooled import pool_results, pooled_comparisons
-from robaudit.errors import BadInput
-from robaudit.models.zoo import canonical_name, parse_zoo_name, replicate_name, split_replicate, with_replicate
-from robaudit.results import (
+from robaudit.core.errors import BadInput
+from robaudit.core.results import (
     AttackInfo,
     Comparison,
     Control,
@@ -29,7 +28,8 @@ from robaudit.results import (
     Rate,
     Result,
 )
-from robaudit.stats import mcnemar_exact, paired_replicate_test
+from robaudit.core.stats import mcnemar_exact, paired_replicate_test
+from robaudit.models.zoo import canonical_name, parse_zoo_name, replicate_name, split_replicate, with_replicate
 
 MINI = "pneumonia-mini_tf_efficientnet_lite0"
 T975 = {1: 12.706204736174707, 2: 4.302652729911275}  # printed t tables, 97.5% quantile
@@ -222,8 +222,8 @@ def test_recipe_with_two_replicates_gives_per_replicate_and_pooled_rows(replicat
     mc = doc["multiple_comparison"]
     assert mc["families"] == {"primary": 3, "replicates": 6} and mc["family_size"] == 3
     assert mc["comparison_families"] == ["replicates", "replicates", "primary"]
+    from robaudit.core.stats import adjust_pvalues
     from robaudit.grading import load_input
-    from robaudit.stats import adjust_pvalues
 
     ai = load_input(out / "audit.json")
     primary = [c.comparison.p_value for c in ai.cells if c.pooled is not None] + [mc["comparison_p_values"][2]]
@@ -264,7 +264,7 @@ def test_report_verdict_and_gate_read_the_pooled_rows(replicated_audit, tmp_path
 def test_replicates_for_power_is_the_smallest_n_reaching_the_power():
     from scipy import stats as st
 
-    from robaudit.stats import replicates_for_power
+    from robaudit.core.stats import replicates_for_power
 
     def power(n: int, d: float, alpha: float) -> float:  # two-sided paired t: |T| > t_crit, T ~ nct(n-1, d sqrt n)
         tc = st.t.ppf(1 - alpha / 2, n - 1)

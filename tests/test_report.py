@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robaudit.results import (
+from robaudit.core.results import (
     AttackInfo,
     ClassBreakdown,
     Comparison,
@@ -36,7 +36,7 @@ from robaudit.results import (
     Result,
     TargetedRate,
 )
-from robaudit.stats import mcnemar_exact, mean_ci, proportion_ci, rate
+from robaudit.core.stats import mcnemar_exact, mean_ci, proportion_ci, rate
 
 DATA = Path(os.environ.get("ROBAUDIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 HOSTILE = "<script>window.__pwned=1</script>"
@@ -400,7 +400,7 @@ def test_load_input_reads_results_audits_and_lists(real_run, real_audit, tmp_pat
     ('{"kind": "robaudit-gate", "checks": []}', "not a result or an audit"),
 ])
 def test_load_input_rejects_bad_files_with_one_line(tmp_path, content, needle):
-    from robaudit.errors import BadInput
+    from robaudit.core.errors import BadInput
     from robaudit.grading import load_input
 
     path = tmp_path / "r.json"

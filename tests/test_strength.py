@@ -10,10 +10,10 @@ import torch
 import robaudit.eval.run as runner
 from robaudit.attacks.predict import predict
 from robaudit.cli import main
+from robaudit.core.specs import make_spec
 from robaudit.data import load_source, load_task
 from robaudit.data.stream import AugmentedStream
 from robaudit.eval.run import run_uap
-from robaudit.specs import make_spec
 
 MODEL = "pneumonia_tf_efficientnet_lite0"
 SMALL = dict(source="imagenet", zeta=0.04, eval_limit=96, controls=1, device="cpu", select_limit=64)
@@ -89,7 +89,7 @@ def test_strongest_of_records_every_candidate_and_keeps_the_maximum(finetuned, t
                  "--budget", "192", "--source-limit", "64", "--eval-limit", "64", "--select-limit", "64",
                  "--controls", "1", "--device", "cpu", "--no-report", "--out", str(tmp_path), "--seed", "1"])
     assert code == 0
-    from robaudit.results import load_result
+    from robaudit.core.results import load_result
 
     a = load_result(tmp_path / "result.json").attack
     ran = [c for c in a.candidates if c.skipped is None]

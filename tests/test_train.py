@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 from robaudit.models import load_model
 from robaudit.models.train import TrainConfig, train_model
 

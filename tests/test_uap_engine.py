@@ -14,7 +14,7 @@ from robaudit.attacks.lp import lp_norm, project
 from robaudit.attacks.noise import random_controls
 from robaudit.attacks.predict import predict
 from robaudit.attacks.uap import build_uap
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 from robaudit.eval.metrics import control_metrics
 
 RES = 32  # ImageNet photos at 32 px: a real pretrained model, CPU-cheap

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from robaudit.cli import main
+from robaudit.core.specs import make_spec
 from robaudit.eval.run import run_uap
-from robaudit.specs import make_spec
 
 MODEL = "pneumonia_tf_efficientnet_lite0"
 #: CPU-sized published setting: zeta 4%, 300 ImageNet photos, 300 test images, 10 control draws; plain passes
@@ -64,7 +64,7 @@ def test_targeted_uap_beats_random_control(finetuned, tmp_path):
 
 def test_outputs_and_schema(nontargeted):
     jsonschema = pytest.importorskip("jsonschema")
-    from robaudit.results import SCHEMA_PATH, SCHEMA_VERSION, json_schema
+    from robaudit.core.results import SCHEMA_PATH, SCHEMA_VERSION, json_schema
 
     run, out = nontargeted
     for f in ("result.json", "spec.json", "uap.npy", "uap.png", "examples.png", "predictions.npz"):
@@ -72,7 +72,7 @@ def test_outputs_and_schema(nontargeted):
     doc = json.loads((out / "result.json").read_text())
     jsonschema.validate(doc, json.loads(SCHEMA_PATH.read_text()))
     assert json.loads(SCHEMA_PATH.read_text()) == json.loads(json.dumps(json_schema())), \
-        "schema file is stale: run python -m robaudit.results"
+        "schema file is stale: run python -m robaudit.core.results"
     assert doc["schema_version"] == SCHEMA_VERSION and doc["attack"]["kind"] == "uap" and doc["attack"]["clip"]
     v = np.load(out / "uap.npy")
     assert v.shape == (1, 3, 64, 64) and np.abs(v).max() == pytest.approx(doc["attack"]["eps"], rel=1e-3)

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from robaudit.specs import canonical_norm
+from robaudit.core.specs import canonical_norm
 
 
 def lp_norm(v: Tensor, norm: str) -> Tensor:

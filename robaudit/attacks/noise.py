@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robaudit.errors import BadInput
-from robaudit.specs import canonical_norm
+from robaudit.core.errors import BadInput
+from robaudit.core.specs import canonical_norm
 
 KINDS = ("uniform", "art")
 

@@ -1,4 +1,4 @@
-"""Per-sample attacks over a list of epsilons -> one :class:`~robaudit.results.Result`.
+"""Per-sample attacks over a list of epsilons -> one :class:`~robaudit.core.results.Result`.
 
 Definitions, the same for every backend (and written into each result's notes):
 
@@ -39,10 +39,10 @@ from robaudit.attacks.backends import (
 )
 from robaudit.attacks.lp import lp_norm, project
 from robaudit.attacks.predict import model_device, predict
-from robaudit.console import task_progress
-from robaudit.errors import BadInput, RuntimeFailure
-from robaudit.provenance import environment, now_iso
-from robaudit.results import (
+from robaudit.core.console import task_progress
+from robaudit.core.errors import BadInput, RuntimeFailure
+from robaudit.core.provenance import environment, now_iso
+from robaudit.core.results import (
     AttackInfo,
     ClassBreakdown,
     DataInfo,
@@ -53,7 +53,7 @@ from robaudit.results import (
     Result,
     TargetedRate,
 )
-from robaudit.stats import rate
+from robaudit.core.stats import rate
 
 #: a backend's perturbation may exceed eps by this much (relative) before it is an error
 EPS_TOLERANCE = 1e-3

@@ -18,9 +18,9 @@ from robaudit.audit.mitigation import harden_recipe_models
 from robaudit.audit.ray_executor import run_cells_ray, train_models_ray
 from robaudit.audit.recipes import AuditRecipe, load_recipe, recipe_names
 from robaudit.audit.tables import AUDIT_KIND, build_audit_doc, transfer_matrices
-from robaudit.console import progress, warn
-from robaudit.errors import BadInput, RuntimeFailure
-from robaudit.io import OutputLock, atomic_write_text, preflight_dir, write_json
+from robaudit.core.console import progress, warn
+from robaudit.core.errors import BadInput, RuntimeFailure
+from robaudit.core.files import OutputLock, atomic_write_text, preflight_dir, write_json
 from robaudit.models import load_model
 from robaudit.models.store import is_trained, model_dir, read_card
 from robaudit.models.train import TrainConfig, check_trainable, train_model

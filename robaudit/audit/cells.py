@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from robaudit.errors import Interrupted, RobauditError
+from robaudit.core.errors import Interrupted, RobauditError
+from robaudit.core.files import atomic_write_text
+from robaudit.core.results import Rate, Result, success_vector
+from robaudit.core.specs import UAPSpec
 from robaudit.eval.run import run_uap
-from robaudit.io import atomic_write_text
-from robaudit.results import Rate, Result, success_vector
-from robaudit.specs import UAPSpec
 
 
 @dataclass

@@ -31,14 +31,14 @@ from robaudit.audit.mitigation_stats import (
 )
 from robaudit.audit.recipes import AuditRecipe, CheckpointModel
 from robaudit.audit.tables import build_audit_doc
-from robaudit.console import info, progress, warn
-from robaudit.errors import BadInput, RuntimeFailure
+from robaudit.core.console import info, progress, warn
+from robaudit.core.errors import BadInput, RuntimeFailure
+from robaudit.core.files import OutputLock, preflight_dir, write_json
+from robaudit.core.specs import UAPSpec
 from robaudit.eval.harden import HardenConfig, harden_model
-from robaudit.io import OutputLock, preflight_dir, write_json
 from robaudit.models import load_model_and_task
 from robaudit.models.store import is_trained, model_dir, read_card
 from robaudit.models.zoo import hardened_name, is_hardened_name, split_replicate
-from robaudit.specs import UAPSpec
 
 
 def _record(card) -> dict:

@@ -22,11 +22,11 @@ from sklearn.metrics import balanced_accuracy_score
 from robaudit.attacks.predict import predict
 from robaudit.audit.cells import Cell
 from robaudit.audit.recipes import AuditRecipe
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
+from robaudit.core.specs import UAPSpec
+from robaudit.core.stats import mcnemar_exact, rate
 from robaudit.models import load_model_and_task
 from robaudit.models.zoo import hardened_name, is_hardened_name
-from robaudit.specs import UAPSpec
-from robaudit.stats import mcnemar_exact, rate
 
 THREATS = ("photos", "train", "surrogate", "targeted")
 TABLE = "8. Mitigation: original vs hardened (same images, UAPs rebuilt against each model)"

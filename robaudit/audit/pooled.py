@@ -14,7 +14,7 @@ the unit of inference:
   **paired t-tests over replicates** (replicate R of both sides shares its training seed: same data
   order and augmentation; the control shares the replicate's model).
 
-Pooled rows are :class:`~robaudit.results.Result` documents with ``pooled`` set, so the report, the
+Pooled rows are :class:`~robaudit.core.results.Result` documents with ``pooled`` set, so the report, the
 severity rule and the gate read them like cells; their tests join the document's one Holm family.
 """
 
@@ -24,10 +24,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from robaudit.grading import replicate_config
-from robaudit.models.zoo import is_hardened_name, split_replicate
-from robaudit.provenance import now_iso
-from robaudit.results import (
+from robaudit.core.provenance import now_iso
+from robaudit.core.results import (
     Comparison,
     Control,
     ControlRate,
@@ -37,7 +35,9 @@ from robaudit.results import (
     Result,
     TargetedRate,
 )
-from robaudit.stats import REPLICATE_INTERVAL, REPLICATE_TEST, mean_ci, paired_replicate_test
+from robaudit.core.stats import REPLICATE_INTERVAL, REPLICATE_TEST, mean_ci, paired_replicate_test
+from robaudit.grading import replicate_config
+from robaudit.models.zoo import is_hardened_name, split_replicate
 
 MIN_REPLICATES = 2
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from robaudit import settings
 from robaudit.audit.cells import Cell, record_error, run_cell
-from robaudit.console import progress, warn
-from robaudit.errors import BadInput, RuntimeFailure
+from robaudit.core import locations
+from robaudit.core.console import progress, warn
+from robaudit.core.errors import BadInput, RuntimeFailure
 
 #: environment variables a cell task inherits from the driver (paths and offline switches)
 PASSED_ENV = ("ROBAUDIT_HOME", "ROBAUDIT_DATA", "ROBAUDIT_REPORTS", "HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME",
@@ -53,8 +53,8 @@ def cell_resources(spec, cluster_gpus: float) -> dict:
 def driver_env() -> dict:
     """What a cell task needs from the driver: its working directory and the robaudit paths it resolved."""
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    env["ROBAUDIT_HOME"] = str(settings.home().resolve())
-    root = settings.data_root(required=False)  # honours --data-root
+    env["ROBAUDIT_HOME"] = str(locations.home().resolve())
+    root = locations.data_root(required=False)  # honours --data-root
     if root is not None:
         env["ROBAUDIT_DATA"] = str(root.resolve())
     return {"cwd": os.getcwd(), "env": env}
@@ -63,7 +63,7 @@ def driver_env() -> dict:
 def run_cell_task(cell: Cell, context: dict):
     """Body of a Ray task: run one cell where the driver would, return ``(result, error)``."""
     os.environ.update(context["env"])
-    settings.set_data_root(context["env"].get("ROBAUDIT_DATA"))
+    locations.set_data_root(context["env"].get("ROBAUDIT_DATA"))
     os.chdir(context["cwd"])
     threads = int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0))  # Ray sets it to the task's CPUs
     if threads > 0:
@@ -79,7 +79,7 @@ def train_model_task(name: str, config, device: str, context: dict) -> str:
     from robaudit.models.train import train_model
 
     os.environ.update(context["env"])
-    settings.set_data_root(context["env"].get("ROBAUDIT_DATA"))
+    locations.set_data_root(context["env"].get("ROBAUDIT_DATA"))
     os.chdir(context["cwd"])
     threads = int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0))
     if threads > 0:

@@ -1,7 +1,7 @@
 """Audit recipes: declarative TOML files (the top-level ``attacks/`` folder), validated with pydantic.
 
 A recipe names models (zoo names and/or checkpoints), sources, norms, zetas, methods and targeted
-settings; :meth:`AuditRecipe.cells` expands it into one :class:`~robaudit.specs.UAPSpec` per cell.
+settings; :meth:`AuditRecipe.cells` expands it into one :class:`~robaudit.core.specs.UAPSpec` per cell.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from robaudit.errors import BadInput, unknown_name
-from robaudit.io import read_text, validate
+from robaudit.core.errors import BadInput, unknown_name
+from robaudit.core.files import read_text, validate
+from robaudit.core.specs import UAPSpec
 from robaudit.models.zoo import REPLICATE_SEP, model_name, replicate_name
-from robaudit.specs import UAPSpec
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -17,6 +17,8 @@ from robaudit.audit.cells import Cell
 from robaudit.audit.mitigation_stats import ReauditConfig, apply_family, mitigation_doc, section_pvalues
 from robaudit.audit.pooled import pool_results, pooled_comparisons
 from robaudit.audit.recipes import AuditRecipe
+from robaudit.core.provenance import command_line, environment, now_iso
+from robaudit.core.stats import REPLICATE_INTERVAL, REPLICATE_TEST, mcnemar_exact
 from robaudit.data import load_task
 from robaudit.data.images import resize_batch
 from robaudit.grading import (
@@ -32,8 +34,6 @@ from robaudit.grading import (
 )
 from robaudit.models import load_model
 from robaudit.models.zoo import is_hardened_name
-from robaudit.provenance import command_line, environment, now_iso
-from robaudit.stats import REPLICATE_INTERVAL, REPLICATE_TEST, mcnemar_exact
 
 AUDIT_KIND = "audit"
 

@@ -10,14 +10,14 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from robaudit.console import err, warn
-from robaudit.errors import RobauditError
-from robaudit.fmt import ci_text, pct
+from robaudit.core.console import err, warn
+from robaudit.core.errors import RobauditError
+from robaudit.core.fmt import ci_text, pct
+from robaudit.core.provenance import reports_root, run_stamp
+from robaudit.core.results import Result
 from robaudit.gate.verdict import GateResult
 from robaudit.grading import AuditInput
-from robaudit.provenance import reports_root, run_stamp
 from robaudit.report import write_reports
-from robaudit.results import Result
 
 
 def default_out_dir(*parts: str) -> Path:

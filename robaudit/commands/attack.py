@@ -43,8 +43,8 @@ def attack(
     """
     from robaudit.attacks.backends import resolve
     from robaudit.attacks.persample import check_eps, check_steps, parse_eps
-    from robaudit.errors import BadInput
-    from robaudit.provenance import command_line
+    from robaudit.core.errors import BadInput
+    from robaudit.core.provenance import command_line
 
     # everything checkable without the model, before loading it
     if target is not None and target.strip().lstrip("-").isdigit() and int(target) < 0:
@@ -62,9 +62,9 @@ def attack(
 
     from robaudit.attacks.persample import run_attack
     from robaudit.commands._shared import default_out_dir, print_attack_summary, write_reports_best_effort
-    from robaudit.console import print_json
-    from robaudit.errors import RuntimeFailure
-    from robaudit.io import atomic_write_text, keep_somewhere, os_error_text, preflight_dir, stamp
+    from robaudit.core.console import print_json
+    from robaudit.core.errors import RuntimeFailure
+    from robaudit.core.files import atomic_write_text, keep_somewhere, os_error_text, preflight_dir, stamp
     from robaudit.models import load_model_and_task
 
     lm, task = load_model_and_task(model, checkpoint=checkpoint, arch=arch, device=device,

@@ -25,8 +25,8 @@ def audit(
     """Run every cell of a recipe (models x sources x norms x zetas x methods x targets) with statistics."""
     from robaudit.audit import load_recipe, run_audit
     from robaudit.commands._shared import print_audit_summary, write_reports_best_effort
-    from robaudit.console import err, print_json
-    from robaudit.errors import BadInput, Interrupted
+    from robaudit.core.console import err, print_json
+    from robaudit.core.errors import BadInput, Interrupted
     from robaudit.grading import load_input
 
     if executor not in ("local", "ray"):

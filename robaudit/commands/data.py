@@ -16,13 +16,13 @@ def list_(
     """Show the tasks and sources available, with counts and classes."""
     from rich.table import Table
 
-    from robaudit import settings
-    from robaudit.console import err, print_json
+    from robaudit.core import locations
+    from robaudit.core.console import err, print_json
     from robaudit.data import list_tasks
     from robaudit.data.sources import bundled_photos
 
     # the embedded task needs no data root; a configured root that does not exist is still an error
-    root = settings.data_root(required=settings.configured_data_root() is not None)
+    root = locations.data_root(required=locations.configured_data_root() is not None)
     tasks = [t.summary() for t in list_tasks(root)]
     imagenet = root / "imagenet" if root is not None else None
     n_imagenet = sum(1 for p in imagenet.rglob("*") if p.is_file() and p.suffix.lower() in
@@ -60,7 +60,7 @@ def fetch(
     size: Annotated[int, typer.Option(help="MedMNIST image size: 28, 64, 128 or 224.")] = 28,
 ) -> None:
     """Download a MedMNIST dataset into the data root (needs internet and the medmnist package)."""
-    from robaudit.console import info
+    from robaudit.core.console import info
     from robaudit.data.fetch import fetch_medmnist
 
     path = fetch_medmnist(name, size)

@@ -18,7 +18,7 @@ def demo(
     """Fine-tune a model and train its random-init twin on real chest X-rays (embedded, offline), attack them
     with natural-photo and training-image UAPs, and write the reports."""
     from robaudit.commands._shared import print_audit_summary
-    from robaudit.console import err
+    from robaudit.core.console import err
     from robaudit.demo import run_demo
 
     doc, choice, paths = run_demo(out, small=small, device=device, data=data)

@@ -22,8 +22,8 @@ def gate(
 ) -> None:
     """Gate a CI pipeline on a robustness policy."""
     from robaudit.commands._shared import print_gate_table
-    from robaudit.console import print_json
-    from robaudit.errors import BadInput
+    from robaudit.core.console import print_json
+    from robaudit.core.errors import BadInput
     from robaudit.gate import EXIT_PASS
     from robaudit.gate import gate as run_gate
 

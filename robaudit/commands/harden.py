@@ -53,8 +53,8 @@ def harden(
 ) -> None:
     """Fine-tune against UAPs (universal adversarial training), store MODEL_hardened, and re-audit both models
     with UAPs rebuilt from scratch, paired tests and the accuracy cost."""
-    from robaudit.errors import BadInput
-    from robaudit.io import validate
+    from robaudit.core.errors import BadInput
+    from robaudit.core.files import validate
 
     if (model is None) == (checkpoint is None):
         raise BadInput("give a zoo MODEL or --checkpoint PATH (with --arch), not both or neither",
@@ -73,7 +73,7 @@ def harden(
                                         max_accuracy_drop=max_accuracy_drop, device=device), flag=True)
     names = replicates_of(model) if model is not None else [None]
     from robaudit.commands._shared import default_out_dir, write_reports_best_effort
-    from robaudit.console import err, print_json
+    from robaudit.core.console import err, print_json
     from robaudit.grading import load_input
 
     docs = []
@@ -103,7 +103,7 @@ def print_mitigation(section: dict, out_dir: Path) -> None:
     """Before/after per cell, the accuracy change and the verdict (stderr)."""
     from rich.table import Table
 
-    from robaudit.console import err
+    from robaudit.core.console import err
 
     for pair in section["pairs"]:
         t = Table(title=f"{pair['original']} -> {pair['hardened']}: {pair['verdict']}")

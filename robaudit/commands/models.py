@@ -18,7 +18,7 @@ def list_(
     """Show zoo recipes (task x arch x init) and which are trained in the store."""
     from rich.table import Table
 
-    from robaudit.console import err, print_json
+    from robaudit.core.console import err, print_json
     from robaudit.data.cards import TASK_FLAGS
     from robaudit.models.store import read_card, store_root, trained_names
     from robaudit.models.zoo import model_name
@@ -77,8 +77,8 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="Print the model card JSON on stdout.")] = False,
 ) -> None:
     """Fine-tune (ImageNet init) or train from scratch (random init) a zoo model and store it."""
-    from robaudit.console import err, print_json
-    from robaudit.io import validate
+    from robaudit.core.console import err, print_json
+    from robaudit.core.files import validate
     from robaudit.models.train import TrainConfig, check_trainable, train_model
     from robaudit.models.zoo import with_replicate
 

@@ -24,10 +24,10 @@ def report(
 
     from rich.markup import escape
 
-    from robaudit.console import info, print_json
-    from robaudit.errors import BadInput
+    from robaudit.core.console import info, print_json
+    from robaudit.core.errors import BadInput
+    from robaudit.core.files import is_step_summary, preflight_file, write_failure
     from robaudit.grading import load_input
-    from robaudit.io import is_step_summary, preflight_file, write_failure
     from robaudit.report import SUFFIX, build_report, check_formats, render, report_json, write_report
 
     (fmt,) = check_formats([fmt])

@@ -74,10 +74,10 @@ def uap(
 
     from robaudit.attacks.uap.group import is_main
     from robaudit.commands._shared import default_out_dir, print_uap_summary, write_reports_best_effort
-    from robaudit.console import print_json
+    from robaudit.core.console import print_json
+    from robaudit.core.specs import make_spec
     from robaudit.eval.artifacts import load_perturbation
     from robaudit.eval.run import run_uap
-    from robaudit.specs import make_spec
 
     spec = make_spec(model=model, checkpoint=str(checkpoint) if checkpoint else None, arch=arch,
                      trust_checkpoint=trust_checkpoint, data=data, split=split, eval_limit=eval_limit, source=source,

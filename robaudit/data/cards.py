@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from robaudit.io import read_model
+from robaudit.core.files import read_model
 
 
 class BinaryView(BaseModel):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robaudit import settings
+from robaudit.core import locations
+from robaudit.core.errors import BadInput, RuntimeFailure, unknown_name
 from robaudit.data.cards import TASK_FLAGS
-from robaudit.errors import BadInput, RuntimeFailure, unknown_name
 
 
 def fetch_medmnist(name: str, size: int = 28, root: Path | None = None) -> Path:
@@ -22,7 +22,7 @@ def fetch_medmnist(name: str, size: int = 28, root: Path | None = None) -> Path:
     if size not in (28, 64, 128, 224):
         raise BadInput(f"MedMNIST has no {size} px release", "choose --size 28, 64, 128 or 224")
     if root is None:
-        root = settings.configured_data_root() or Path("~/.medmnist").expanduser()
+        root = locations.configured_data_root() or Path("~/.medmnist").expanduser()
     root.mkdir(parents=True, exist_ok=True)
     cls = getattr(medmnist, INFO[flag]["python_class"])
     try:

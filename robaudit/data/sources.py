@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from robaudit import settings
+from robaudit.core import locations
+from robaudit.core.errors import BadInput, unknown_name
 from robaudit.data.images import DecodeError, is_image_file, photo_transform, read_image
-from robaudit.errors import BadInput, unknown_name
 
 NATURAL_SOURCES = ("imagenet", "natural")
 
@@ -188,7 +188,7 @@ def load_source(name: str | Path, limit: int | None = None, seed: int = 0, grays
     """Resolve a natural-image source by name (``imagenet``, ``natural``) or folder path."""
     text = str(name)
     if text == "imagenet":
-        root = data_root or settings.data_root()
+        root = data_root or locations.data_root()
         folder = root / "imagenet"
         if not folder.is_dir():
             raise BadInput(f"no imagenet/ folder in the data root {root}",

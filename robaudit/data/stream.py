@@ -23,9 +23,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
+from robaudit.core.errors import BadInput
 from robaudit.data.images import DecodeError, read_image
 from robaudit.data.sources import ImageSource, collate_decoded
-from robaudit.errors import BadInput
 
 #: decoded photos kept in memory per process (a few hundred photos re-drawn for a budget of thousands are
 #: decoded once; a 100k-photo source keeps the first that fit)

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robaudit import settings
+from robaudit.core import locations
+from robaudit.core.errors import BadInput, unknown_name
+from robaudit.core.results import DataInfo
 from robaudit.data import embedded
 from robaudit.data.cards import MEDMNIST, TASK_FLAGS, DatasetCard, medmnist_card
 from robaudit.data.images import DecodeError, is_image_file, read_image, resize_batch, to_float_tensor
-from robaudit.errors import BadInput, unknown_name
-from robaudit.results import DataInfo
 
 SPLITS = ("train", "val", "test")
 _NPZ_SIZE = re.compile(r"^(?P<stem>.+?)_(?P<size>\d+)$")
@@ -364,7 +364,7 @@ def load_task(name_or_path: str | Path, view: str | None = None, size: int | Non
             return _folder_task(path, view=view)
         raise BadInput(f"data file {str(path)!r} does not exist", "check the path, or pass a task name")
     # the embedded tasks need no data root; anything in the data root under the same name wins over them
-    root = data_root or settings.data_root(required=not embedded.task_path(base))
+    root = data_root or locations.data_root(required=not embedded.task_path(base))
     cands = _candidates(root) if root else {}
     if base in cands:
         npz = _pick_size(cands[base], size)
@@ -385,7 +385,7 @@ def load_task(name_or_path: str | Path, view: str | None = None, size: int | Non
 def list_tasks(data_root: Path | None = None) -> list[TaskData]:
     """Every task in the data root (one entry per npz file and per image folder), then the embedded tasks
     (``embedded=True``) whose name no data-root task already has; with no data root, the embedded tasks only."""
-    root = data_root or settings.data_root(required=settings.configured_data_root() is not None)
+    root = data_root or locations.data_root(required=locations.configured_data_root() is not None)
     tasks = []
     if root is not None:
         for npz in sorted(root.glob("*.npz")):

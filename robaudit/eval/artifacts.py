@@ -21,8 +21,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from robaudit.errors import BadInput, Interrupted, RuntimeFailure
-from robaudit.io import (
+from robaudit.core.errors import BadInput, Interrupted, RuntimeFailure
+from robaudit.core.files import (
     OutputLock,
     atomic_write_bytes,
     atomic_write_text,
@@ -32,8 +32,8 @@ from robaudit.io import (
     read_npy,
     stamp,
 )
-from robaudit.results import Result
-from robaudit.specs import UAPSpec
+from robaudit.core.results import Result
+from robaudit.core.specs import UAPSpec
 
 PARTIAL = "uap.partial.npy"
 ARTIFACTS = {"perturbation": "uap.npy", "perturbation_png": "uap.png", "examples_png": "examples.png",

@@ -36,10 +36,12 @@ from robaudit.attacks.lp import perturb
 from robaudit.attacks.predict import predict
 from robaudit.attacks.uap.registry import create, lookup
 from robaudit.attacks.uap.state import UAPSettings, UAPState
-from robaudit.console import info, progress
+from robaudit.core.console import info, progress
+from robaudit.core.device import resolve_device
+from robaudit.core.errors import BadInput, Interrupted
+from robaudit.core.provenance import now_iso, versions
+from robaudit.core.specs import Norm
 from robaudit.data import load_source
-from robaudit.device import resolve_device
-from robaudit.errors import BadInput, Interrupted
 from robaudit.models import load_model_and_task
 from robaudit.models.normalize import channels_last_model
 from robaudit.models.store import ModelCard, is_trained, model_dir, save_model, trained_names
@@ -54,8 +56,6 @@ from robaudit.models.train import (
     unflatten_optimizer,
 )
 from robaudit.models.zoo import hardened_name, split_replicate
-from robaudit.provenance import now_iso, versions
-from robaudit.specs import Norm
 
 STATE, STATE_META = "harden_state.safetensors", "harden_state.json"
 #: attack methods usable as the inner attacker (one batched update per minibatch)

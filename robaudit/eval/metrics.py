@@ -13,8 +13,8 @@ import numpy as np
 from torch import Tensor, nn
 
 from robaudit.attacks.predict import Images, predict_draws
-from robaudit.results import ClassBreakdown, Comparison, Control, ControlRate, Metrics, TargetedRate
-from robaudit.stats import mcnemar_exact, mean_ci, rate
+from robaudit.core.results import ClassBreakdown, Comparison, Control, ControlRate, Metrics, TargetedRate
+from robaudit.core.stats import mcnemar_exact, mean_ci, rate
 
 
 def _np(t) -> np.ndarray:

@@ -3,7 +3,7 @@
 ``prepare`` loads and checks everything (model, task, eps, evaluation images, source, a resumed
 partial) before any compute; ``build`` runs the UAP engine and keeps an interrupted run's partial;
 ``measure`` evaluates v and its same-norm random controls on the evaluation images; ``record``
-assembles the versioned :class:`~robaudit.results.Result`; ``write`` fills the run folder.
+assembles the versioned :class:`~robaudit.core.results.Result`; ``write`` fills the run folder.
 """
 
 from __future__ import annotations
@@ -20,17 +20,10 @@ from robaudit.attacks.noise import random_controls
 from robaudit.attacks.predict import predict
 from robaudit.attacks.uap import Selection, UAPOutcome, build_uap
 from robaudit.attacks.uap.group import DistributedGroup, init_from_env, shard
-from robaudit.console import info, progress
-from robaudit.errors import BadInput, Interrupted, RuntimeFailure
-from robaudit.eval.artifacts import PARTIAL, guard_output, load_partial, save_partial, write_run
-from robaudit.eval.metrics import compare_to_control, control_metrics, uap_metrics
-from robaudit.eval.sources import uap_source
-from robaudit.models import LoadedModel, load_model, load_model_and_task
-from robaudit.models.factory import imagenet_classifier
-from robaudit.models.normalize import Normalized, fast_model
-from robaudit.models.store import is_trained
-from robaudit.provenance import command_line, environment, now_iso
-from robaudit.results import (
+from robaudit.core.console import info, progress
+from robaudit.core.errors import BadInput, Interrupted, RuntimeFailure
+from robaudit.core.provenance import command_line, environment, now_iso
+from robaudit.core.results import (
     AttackInfo,
     Candidate,
     Comparison,
@@ -41,7 +34,14 @@ from robaudit.results import (
     TrajectoryPoint,
     success_vector,
 )
-from robaudit.specs import UAPSpec
+from robaudit.core.specs import UAPSpec
+from robaudit.eval.artifacts import PARTIAL, guard_output, load_partial, save_partial, write_run
+from robaudit.eval.metrics import compare_to_control, control_metrics, uap_metrics
+from robaudit.eval.sources import uap_source
+from robaudit.models import LoadedModel, load_model, load_model_and_task
+from robaudit.models.factory import imagenet_classifier
+from robaudit.models.normalize import Normalized, fast_model
+from robaudit.models.store import is_trained
 
 #: strongest-of: the methods ``--method best`` always runs; deepfool joins when its measured cost per
 #: image is within DEEPFOOL_COST x sgd's

@@ -12,11 +12,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from robaudit.console import warn
+from robaudit.core.console import warn
+from robaudit.core.specs import STREAM_CHUNK, UAPSpec
 from robaudit.data import TaskData, load_source
 from robaudit.data.sources import ImageSource
 from robaudit.data.stream import AugmentedStream
-from robaudit.specs import STREAM_CHUNK, UAPSpec
 
 #: photos held out of a zero-knowledge build to choose v on (a tenth of the source, 16..200)
 HOLDOUT = (0.1, 16, 200)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from robaudit import __version__
-from robaudit.fmt import ICONS, md, pct
+from robaudit.core.fmt import ICONS, md, pct
 from robaudit.gate.checks import Check
 from robaudit.gate.junit import Case, write_junit_cases
 from robaudit.gate.verdict import GateResult

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, model_validator
 
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 from robaudit.gate.rules import RULE_KINDS, RULES, _Strict
 
 if sys.version_info >= (3, 11):

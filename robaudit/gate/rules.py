@@ -16,12 +16,12 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from robaudit.fmt import pct
+from robaudit.core.fmt import pct
+from robaudit.core.results import Rate, Result
+from robaudit.core.specs import NORM_ALIASES
+from robaudit.core.stats import proportion_ci
 from robaudit.gate.checks import Check
 from robaudit.grading import Assessment, cell_label, severity_rank, source_kind
-from robaudit.results import Rate, Result
-from robaudit.specs import NORM_ALIASES
-from robaudit.stats import proportion_ci
 
 Bound = Literal["upper", "value", "lower"]
 StrSel = Union[str, list[str], None]

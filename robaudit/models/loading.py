@@ -7,14 +7,14 @@ from pathlib import Path
 
 import timm
 
+from robaudit.core.device import resolve_device
+from robaudit.core.errors import BadInput, unknown_name
+from robaudit.core.files import validate
+from robaudit.core.results import ModelInfo
 from robaudit.data import TaskData, load_task
-from robaudit.device import resolve_device
-from robaudit.errors import BadInput, unknown_name
-from robaudit.io import validate
 from robaudit.models.normalize import Normalized
 from robaudit.models.store import ModelCard, is_trained, load_state, model_dir, read_card, sha256_file
 from robaudit.models.zoo import parse_zoo_name
-from robaudit.results import ModelInfo
 
 
 @dataclass

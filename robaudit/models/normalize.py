@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 
 class Normalized(nn.Module):

@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from robaudit import settings
-from robaudit.errors import BadInput, UnsafeCheckpoint
-from robaudit.io import atomic_write_bytes, atomic_write_text, read_model
+from robaudit.core import locations
+from robaudit.core.errors import BadInput, UnsafeCheckpoint
+from robaudit.core.files import atomic_write_bytes, atomic_write_text, read_model
 from robaudit.models.zoo import canonical_name
 
 WEIGHTS = "model.safetensors"
@@ -70,7 +70,7 @@ def sha256_file(path: Path) -> str:
 
 def store_root() -> Path:
     """The model store folder (BadInput when ``$ROBAUDIT_HOME`` cannot hold it: a file, unwritable)."""
-    return settings.model_store()
+    return locations.model_store()
 
 
 def model_dir(name: str) -> Path:

@@ -24,16 +24,16 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
-from robaudit.console import info, progress
+from robaudit.core.console import info, progress
+from robaudit.core.device import resolve_device
+from robaudit.core.errors import BadInput, RuntimeFailure
+from robaudit.core.files import atomic_write_text
+from robaudit.core.provenance import now_iso, versions
 from robaudit.data import load_task
-from robaudit.device import resolve_device
-from robaudit.errors import BadInput, RuntimeFailure
-from robaudit.io import atomic_write_text
 from robaudit.models.factory import create_backbone
 from robaudit.models.normalize import Normalized, channels_last_model
 from robaudit.models.store import ModelCard, model_dir, save_model
 from robaudit.models.zoo import DEFAULT_IMAGE_SIZE, parse_zoo_name
-from robaudit.provenance import now_iso, versions
 
 
 class TrainConfig(BaseModel):

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import timm
 
+from robaudit.core.errors import BadInput, unknown_name
 from robaudit.data import embedded
-from robaudit.errors import BadInput, unknown_name
 
 TRANSFERS = ("full", "top-k", "linear", "scratch")
 _SUFFIX = re.compile(r"_(random|scratch|linear|full|top(\d+))$")

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from robaudit import __version__
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
+from robaudit.core.results import SCHEMA_VERSION, Result
 from robaudit.grading import (
     PRIMARY,
     SEVERITIES,
@@ -23,7 +24,6 @@ from robaudit.grading import (
     severity_rank,
     source_kind,
 )
-from robaudit.results import SCHEMA_VERSION, Result
 
 
 @dataclass

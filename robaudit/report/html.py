@@ -10,12 +10,12 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from robaudit import __version__
-from robaudit.fmt import ci_text, pct, pval
+from robaudit.core.fmt import ci_text, pct, pval
+from robaudit.core.results import Result
 from robaudit.grading import SEVERITY_RULE, cell_label, severity_rank, source_kind
 from robaudit.report.build import Report
 from robaudit.report.mitigation import mitigation_plots
 from robaudit.report.plots import find_artifact, image_artifact, make_plots, perturbation
-from robaudit.results import Result
 
 TEMPLATES = Path(__file__).parent / "templates"
 

@@ -5,7 +5,7 @@ fence longer than any backtick run inside it, so it cannot inject markup or link
 
 from __future__ import annotations
 
-from robaudit.fmt import ICONS, fence, md
+from robaudit.core.fmt import ICONS, fence, md
 from robaudit.report.build import Report
 from robaudit.report.html import context, jinja_env
 

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from robaudit.errors import BadInput, RuntimeFailure
+from robaudit.core.errors import BadInput, RuntimeFailure
 
 #: where Debian's ``chromium`` package installs the browser; ``ROBAUDIT_CHROMIUM`` overrides
 DEFAULT_CHROMIUM = "/usr/bin/chromium"

@@ -16,11 +16,11 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
+from robaudit.core.files import read_npy
+from robaudit.core.results import Result
 from robaudit.grading import cell_label, source_kind
-from robaudit.io import read_npy
 from robaudit.report.build import Report
-from robaudit.results import Result
 
 MAX_SERIES = 10
 MAX_ARTIFACT_BYTES = 25 * 1024 * 1024

@@ -6,13 +6,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
+from robaudit.core.results import Result
 from robaudit.grading import AuditInput
 from robaudit.report.build import Report, build_report, report_json
 from robaudit.report.html import render_html
 from robaudit.report.markdown import render_markdown
 from robaudit.report.pdf import html_to_pdf, require_chromium
-from robaudit.results import Result
 
 FORMATS = ("html", "md", "pdf", "json")
 SUFFIX = {"html": ".html", "md": ".md", "pdf": ".pdf", "json": ".json"}

@@ -18,9 +18,9 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from robaudit.errors import BadInput, unknown_name
+from robaudit.core.errors import BadInput, unknown_name
+from robaudit.core.specs import canonical_norm
 from robaudit.models.normalize import logits_of
-from robaudit.specs import canonical_norm
 
 #: backends in order of preference when ``backend`` is not given
 BACKENDS = ("torchattacks", "foolbox", "art")

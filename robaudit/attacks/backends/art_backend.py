@@ -17,7 +17,7 @@ from robaudit.attacks.backends import (
     AttackConfig,
     Backend,
 )
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 
 class ArtBackend(Backend):

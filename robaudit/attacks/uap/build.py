@@ -20,9 +20,9 @@ from robaudit.attacks.uap.group import LocalGroup, check_chunk, current_group
 from robaudit.attacks.uap.registry import UAPMethod, create, lookup
 from robaudit.attacks.uap.select import Plateau, Selection
 from robaudit.attacks.uap.state import Stopped, UAPOutcome, UAPSettings, UAPState
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
+from robaudit.core.specs import canonical_norm
 from robaudit.models.normalize import channels_last_model
-from robaudit.specs import canonical_norm
 
 Source = Tensor | Iterable[Tensor]
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from robaudit.attacks.lp import perturb
 from robaudit.attacks.uap.registry import register
 from robaudit.attacks.uap.state import UAPState
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 
 def deepfool(model, x: Tensor, labels: Tensor, norm: str, *, target: int | None = None, overshoot: float = 0.02,

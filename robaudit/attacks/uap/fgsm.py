@@ -24,7 +24,7 @@ from torch import Tensor
 from robaudit.attacks.lp import perturb
 from robaudit.attacks.uap.registry import register
 from robaudit.attacks.uap.state import UAPState
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 
 def _signs(run: UAPState, xa: Tensor, lb: Tensor) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 
 def check_chunk(x: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from torch import Tensor
 
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 if TYPE_CHECKING:
     from robaudit.attacks.uap.state import UAPState

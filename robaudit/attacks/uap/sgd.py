@@ -17,7 +17,7 @@ from torch import Tensor
 from robaudit.attacks.lp import perturb
 from robaudit.attacks.uap.registry import register
 from robaudit.attacks.uap.state import UAPState
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 
 @register("sgd")

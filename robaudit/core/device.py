@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from robaudit.errors import BadInput
-from robaudit.io import validate
+from robaudit.core.errors import BadInput
+from robaudit.core.files import validate
 
 Norm = Literal["linf", "l2"]
 NORMS = ("linf", "l2")

@@ -8,7 +8,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from robaudit.results import Rate
+from robaudit.core.results import Rate
 
 CI_METHOD = "wilson"
 

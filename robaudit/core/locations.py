@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from robaudit.errors import BadInput
+from robaudit.core.errors import BadInput
 
 _DATA_ROOT_OVERRIDE: Path | None = None
 

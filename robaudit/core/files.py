@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from robaudit.errors import BadInput, RobauditError, RuntimeFailure
+from robaudit.core.errors import BadInput, RobauditError, RuntimeFailure
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -313,7 +313,7 @@ class OutputLock:
                        f"pass another {self.what}")
 
     def _take_over_or_refuse(self, rec: dict | None) -> None:
-        from robaudit.console import err
+        from robaudit.core.console import err
 
         pid, host = (rec or {}).get("pid"), (rec or {}).get("host")
         here = host == socket.gethostname()

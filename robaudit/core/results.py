@@ -2,7 +2,7 @@
 
 Every number that a choice can alter (clip or not, how zeta is scaled, fooling against the clean
 prediction) is recorded here. ``robaudit/schema/result.schema.json`` is generated from these models
-(``python -m robaudit.results`` rewrites it; a test checks it is current).
+(``python -m robaudit.core.results`` rewrites it; a test checks it is current).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from robaudit.errors import BadInput
-from robaudit.io import read_json, validate
+from robaudit.core.errors import BadInput
+from robaudit.core.files import read_json, validate
 
 SCHEMA_VERSION = "1.2"  # 1.1: attacker strength (threat model, budget, selection, candidates); 1.2: replicates
 SCHEMA_PATH = Path(__file__).parent / "schema" / "result.schema.json"

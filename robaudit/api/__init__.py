@@ -1,0 +1,1 @@
+"""The public API (robaudit as ra): filled below."""
