@@ -1,3 +1,50 @@
-"""robaudit: adversarial-robustness audits of transfer-learned medical image classifiers."""
+"""robaudit: adversarial-robustness audits of transfer-learned medical image classifiers.
 
-__version__ = "0.4.0"
+``import robaudit as ra``: :class:`ra.Model` wraps any classifier with its preprocessing, :class:`ra.Data`
+holds the medical images, :func:`ra.uap` runs the audit. Names load lazily (PEP 562), so importing a
+submodule or the CLI does not import the whole stack. The contract is ``__all__``; see docs/api.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.5.0"
+
+__all__ = ["BadInput", "Data", "Interrupted", "Model", "Result", "RobauditError", "RuntimeFailure", "UAPConfig",
+           "UAPRun", "UnsafeCheckpoint", "__version__", "attack", "audit", "gate", "load_data", "load_model",
+           "load_result", "report", "uap"]
+
+if TYPE_CHECKING:
+    from robaudit.api import (  # noqa: F401
+        BadInput,
+        Data,
+        Interrupted,
+        Model,
+        Result,
+        RobauditError,
+        RuntimeFailure,
+        UAPConfig,
+        UAPRun,
+        UnsafeCheckpoint,
+        attack,
+        audit,
+        gate,
+        load_data,
+        load_model,
+        load_result,
+        report,
+        uap,
+    )
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from robaudit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'robaudit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

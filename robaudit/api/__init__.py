@@ -1,1 +1,196 @@
-"""The public API (robaudit as ra): filled below."""
+"""The public API: what ``import robaudit as ra`` offers. The CLI resolves names and calls these same functions.
+
+Conventions (torchattacks'): images are float in [0, 1] pixel units, NCHW; the :class:`Model` owns the
+normalisation. Settings are the fields of :class:`UAPConfig` (one declaration for the library, the CLI,
+recipes and result.json). Errors are :class:`BadInput` (fix the call), :class:`RuntimeFailure`
+(the run failed) and :class:`Interrupted`, each with a one-line message naming the argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robaudit.core.errors import BadInput, Interrupted, RobauditError, RuntimeFailure, UnsafeCheckpoint
+from robaudit.core.results import Result, load_result
+from robaudit.core.specs import UAPConfig, UAPSpec, make_config
+from robaudit.data import Data, TaskData
+from robaudit.data import load_data as _load_data
+from robaudit.models import Model
+from robaudit.models import load_model as _load_model
+
+__all__ = ["BadInput", "Data", "Interrupted", "Model", "Result", "RobauditError", "RuntimeFailure", "UAPConfig",
+           "UAPRun", "UnsafeCheckpoint", "attack", "audit", "gate", "load_data", "load_model", "load_result",
+           "report", "uap"]
+
+
+def load_model(name_or_path: str | Path, *, arch: str | None = None, data: str | None = None,
+               device: str = "auto", trust_checkpoint: bool = False) -> Model:
+    """A trained zoo model by name, or a checkpoint file (``arch`` and ``data`` unless a card sits beside it)."""
+    text = str(name_or_path)
+    if Path(text).is_file() or Path(text).suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        return _load_model(checkpoint=text, arch=arch, device=device, trust_checkpoint=trust_checkpoint, task=data)
+    return _load_model(text, device=device, trust_checkpoint=trust_checkpoint)
+
+
+def load_data(task_or_path: str | Path) -> Data:
+    """A data-root task (``skin``, ``retina:referable``), the embedded ``pneumonia-mini``, an npz or a folder."""
+    return _load_data(task_or_path)
+
+
+@dataclass
+class UAPRun:
+    """One UAP audit: the validated :class:`Result` (what result.json holds) and the perturbation ``v``,
+    (1, C, H, W) in [0, 1] pixel units. :meth:`save` writes the files ``robaudit uap --out`` writes."""
+
+    result: Result
+    v: torch.Tensor
+    spec: UAPSpec
+    _x_eval: torch.Tensor | None = None
+    _clean: torch.Tensor | None = None
+    _adv: torch.Tensor | None = None
+    out_dir: Path | None = None
+
+    def save(self, out: str | Path, *, reports: bool = True) -> Path:
+        """The CLI's run folder: result.json, spec.json, uap.npy, uap.png, examples.png, predictions.npz, and
+        (``reports``) report.html and report.md. Returns the folder."""
+        from robaudit.eval.artifacts import write_run
+        from robaudit.report import write_reports
+
+        out = Path(out)
+        if self.out_dir is not None and self.out_dir.resolve() == out.resolve():
+            return out  # written by the run itself
+        write_run(out, self.result, self.v, self._x_eval, self._clean, self._adv, self.result.model.classes,
+                  self.spec)
+        if reports:
+            write_reports([self.result], out, formats=("html", "md"))
+        return out
+
+    def _repr_html_(self) -> str:
+        return self.result._repr_html_()
+
+
+def uap(model: Model | str, data: Data | str | None = None, *, source: str | Path | torch.Tensor = "natural",
+        out: str | Path | None = None, init: torch.Tensor | None = None, progress: bool = False,
+        **settings: Any) -> UAPRun:
+    """Build a universal perturbation from ``source`` and measure it on ``data``'s test split against
+    same-norm random controls: the engine, defaults, selection, controls and statistics of ``robaudit uap``.
+
+    ``model``: a :class:`Model` (or a zoo name / checkpoint path); ``data``: a :class:`Data` (or a task name;
+    default the model's own task); ``source``: ``"natural"`` (photos in installed wheels), ``"imagenet"``
+    (the data root's photos), ``"train"`` (the data's training split), a folder, or photos as a tensor
+    (N, 3, H, W) in [0, 1]; ``settings``: any field of :class:`UAPConfig` (``norm``, ``zeta``/``eps``,
+    ``method``, ``budget``, ``target``, ``seed``, ...). With ``out`` the run folder is written (and locked)
+    as the CLI writes it. Same model, data, settings and seed as a CLI run give the same v bit for bit."""
+    from robaudit.eval.run import Given, run_uap
+
+    cfg = make_config(**settings)
+    photos = None
+    if isinstance(source, torch.Tensor):
+        photos, source_name = source, "tensor"
+    else:
+        source_name = str(source)
+    if isinstance(model, Model):
+        task = data.task if isinstance(data, Data) else None
+        spec = UAPSpec(**cfg.model_dump(), model=model.name, source=source_name,
+                       data=data if isinstance(data, str) else (task.full_name if task is not None else None))
+        if task is None and isinstance(data, str):
+            task = _load_data(data).task
+        given = Given(model=model, task=task, photos=photos)
+    elif isinstance(model, (str, Path)):
+        path = Path(str(model))
+        by_path = path.is_file() or path.suffix in (".safetensors", ".pt", ".pth", ".bin")
+        if isinstance(data, Data):
+            lm = load_model(model, device=cfg.device)
+            spec = UAPSpec(**cfg.model_dump(), model=lm.name, source=source_name, data=data.task.full_name)
+            given = Given(model=lm, task=data.task, photos=photos)
+        else:
+            spec = UAPSpec(**cfg.model_dump(), model=None if by_path else str(model),
+                           checkpoint=str(model) if by_path else None, source=source_name, data=data)
+            given = Given(photos=photos)
+    else:
+        raise BadInput(f"model is a {type(model).__name__}", "pass ra.Model(net, classes=..., mean=..., std=..., "
+                       "input_size=...), a zoo name or a checkpoint path")
+    if data is not None and not isinstance(data, (Data, str, Path)):
+        raise BadInput(f"data is a {type(data).__name__}", "pass ra.Data(test=(x, y), val=..., train=...) or a "
+                       "task name")
+    out_dir = Path(out) if out is not None else None
+    run = run_uap(spec, out_dir=out_dir, quiet=not progress, init=init, given=given)
+    return UAPRun(run.result, run.v, spec, run.x_eval, run.clean, run.adv, out_dir)
+
+
+def attack(model: Model, data: Data, *, attack: str = "pgd", eps: list[float] | None = None, norm: str | None = None,
+           backend: str | None = None, steps: int | None = None, target: str | int | None = None,
+           eval_limit: int = 256, split: str = "test", batch_size: int = 64, seed: int = 0,
+           random_start: bool = False, progress: bool = False) -> Result:
+    """Per-sample evasion attacks (torchattacks, foolbox or ART) over ``eps``: robust accuracy and success
+    per epsilon, the worst case per image; the same call as ``robaudit attack``."""
+    from robaudit.attacks.backends import resolve
+    from robaudit.attacks.persample import check_eps, check_steps, run_attack
+    from robaudit.models.loading import check_classes
+
+    spec, norm, backend = resolve(attack, norm, backend, targeted=target is not None)
+    eps_list = check_eps(list(eps) if eps is not None else None, norm, spec)
+    steps = check_steps(steps, spec)
+    task = data.task
+    check_classes(model.classes, task.label_names, task.full_name)
+    x, y = task.tensors(split, size=model.input_size, limit=eval_limit, seed=seed)
+    from robaudit.data.images import to_channels
+
+    x = to_channels(x, model.channels)
+    return run_attack(model.module, x, y, attack=spec.name, eps=eps_list, norm=norm, backend=backend, steps=steps,
+                      target=model.resolve_target(target), random_start=random_start, class_names=model.classes,
+                      batch_size=batch_size, seed=seed, model_info=model.info(), data_info=task.data_info(split, len(x)),
+                      quiet=not progress)
+
+
+def audit(recipe: str | Path, out: str | Path | None = None, *, resume: bool = False, train_missing: bool = False,
+          progress: bool = False) -> dict:
+    """Run every cell of a recipe (a built-in name such as ``quick``, or a TOML file) with its statistics;
+    returns the audit document that audit.json holds (cells cached and resumable in ``out``)."""
+    from robaudit.audit import load_recipe, run_audit
+
+    rec, text = load_recipe(str(recipe))
+    out_dir = Path(out) if out is not None else Path("reports") / f"audit-{rec.name}"
+    return run_audit(rec, out_dir, recipe_text=text, resume=resume, train_missing=train_missing, quiet=not progress)
+
+
+def report(result: Result | list[Result] | str | Path, path: str | Path, *, format: str | None = None,
+           title: str | None = None) -> Path:
+    """Write the report of a result, several results, or a result.json / audit.json file to ``path``
+    (format from ``format`` or the suffix: html, md, json, pdf)."""
+    from robaudit.grading import as_input, load_input
+    from robaudit.report import build_report, check_formats, write_report
+
+    path = Path(path)
+    fmt = format or {".html": "html", ".md": "md", ".json": "json", ".pdf": "pdf"}.get(path.suffix.lower(), "html")
+    (fmt,) = check_formats([fmt])
+    src = load_input(result) if isinstance(result, (str, Path)) else as_input(result)
+    return write_report(build_report(src, title=title), fmt, path)
+
+
+def gate(result: Result | str | Path, policy: str | Path):
+    """Check a result (or result.json / audit.json) against a policy TOML: a GateResult whose ``passed``
+    and ``exit_code()`` carry the CLI's meaning (0 pass, 1 a rule failed; bad input raises BadInput)."""
+    import tempfile
+
+    from robaudit.gate import gate as run_gate
+
+    if isinstance(result, Result):
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "result.json"
+            p.write_text(result.model_dump_json())
+            res = run_gate(p, policy)
+    else:
+        res = run_gate(result, policy)
+    if res.errors:
+        raise BadInput(res.errors[0].message, "fix the policy, or set optional = true on rules whose cells may be "
+                       "absent")
+    return res
+
+
+# the TaskData interface of Data is internal; listed so type checkers see it is deliberate
+_ = TaskData

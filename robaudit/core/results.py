@@ -96,6 +96,9 @@ class ModelInfo(_Model):
     sha256: str | None = None
     replicate: int | None = Field(default=None, description="training replicate (zoo NAME@R); None: a pooled "
                                   "row or a model outside replicated training")
+    channels: int | None = Field(default=None, description="input channels the audit fed the model")
+    mean: list[float] | None = Field(default=None, description="per-channel mean robaudit subtracted ([0, 1] units)")
+    std: list[float] | None = Field(default=None, description="per-channel std robaudit divided by")
 
 
 class DataInfo(_Model):
@@ -246,6 +249,40 @@ class Result(_Model):
             return None
         targeted = self.attack.targeted and self.metrics is not None and self.metrics.targeted_success_rate is not None
         return c.targeted_success_rate if targeted else c.fooling_rate
+
+    # ---- reports: the report layer sits above core and registers its renderer (robaudit.report) ----
+    def render(self, fmt: str = "html") -> str:
+        """This result's report as text (``html``: self-contained page, ``md``: Markdown)."""
+        return _renderer()(self, fmt)
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write the self-contained HTML report card of this result."""
+        return _write(Path(path), self.render("html"))
+
+    def to_markdown(self, path: str | Path) -> Path:
+        """Write the Markdown report of this result."""
+        return _write(Path(path), self.render("md"))
+
+    def _repr_html_(self) -> str:  # a notebook shows the report card inline
+        return self.render("html")
+
+
+#: set by robaudit.report on import: (result, fmt) -> text
+RENDERER = None
+
+
+def _renderer():
+    if RENDERER is None:  # a plugin import: the report layer registers itself (core may not import it)
+        import importlib
+
+        importlib.import_module("robaudit.report")
+    return RENDERER
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def success_vector(clean, adv, target: int | None):

@@ -9,6 +9,7 @@ import hashlib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import to_json
 
 from robaudit.core.errors import BadInput
 from robaudit.core.files import validate
@@ -46,57 +47,71 @@ STREAM_CHUNK = 500
 ENGINE_REVISION = 3
 
 
-class UAPSpec(BaseModel):
-    """Everything that determines one UAP run's numbers (hashed for caching and resume)."""
+#: the order UAPSpec's fields had up to 0.4: cache keys hash the fields in this order, so cells cached by
+#: earlier releases are still found after the settings moved into :class:`UAPConfig`
+_KEY_ORDER = ("model", "checkpoint", "arch", "trust_checkpoint", "data", "split", "eval_limit", "source",
+              "source_limit", "norm", "zeta", "eps", "method", "mode", "target", "max_iter", "step_size", "batch_size",
+              "chunk_size", "controls", "control_kind", "clip", "seed", "device", "workers", "amp", "grayscale_source",
+              "augment", "budget", "select", "select_limit", "select_every", "patience", "restarts", "surrogate",
+              "weights_file")
+
+
+class UAPConfig(BaseModel):
+    """How a UAP is built and measured: the one declaration of every setting (names, defaults, bounds, help)
+    that ``ra.uap``, ``robaudit uap``, recipes and result.json's spec share. *What* is audited (model, data,
+    source) is apart: objects in the library, names in the CLI (:class:`UAPSpec`)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: str | None = None
-    checkpoint: str | None = None
-    arch: str | None = None
-    trust_checkpoint: bool = False
-    data: str | None = Field(None, description="task name or path; default: the model's own task")
-    split: str = "test"
-    eval_limit: int | None = Field(None, ge=1)
-    source: str = "imagenet"
-    source_limit: int | None = Field(None, ge=1)
-    norm: Norm = "l2"
+    split: str = Field("test", description="split to evaluate on (the reported numbers)")
+    eval_limit: int | None = Field(None, ge=1, description="evaluate on N images of the split (seeded subset)")
+    source_limit: int | None = Field(None, ge=1, description="use N source images (seeded subset)")
+    norm: Norm = Field("l2", description="linf or l2")
     # finite only: inf passes "> 0" and would fail as NaN far into the run
     zeta: float | None = Field(None, allow_inf_nan=False,
-                               description="eps as a fraction of the mean Lp norm of the task's images")
+                               description="eps as a fraction of the mean Lp norm of the task's training images "
+                               "(default 0.04)")
     eps: float | None = Field(None, allow_inf_nan=False, description="absolute eps in [0,1] pixel units")
-    method: Method = "best"
-    mode: Literal["batched", "reference"] = "batched"
-    target: str | None = None
-    max_iter: int | None = Field(None, ge=1)
-    step_size: float | None = Field(None, gt=0, allow_inf_nan=False)
-    batch_size: int = Field(32, ge=1)
-    chunk_size: int = Field(1000, ge=1)
-    controls: int = Field(10, ge=0, le=1000)
-    control_kind: Literal["uniform", "art"] = "uniform"
-    clip: bool = True
-    seed: int = 0
-    device: str = "auto"
-    workers: int = Field(0, ge=0)
+    method: Method = Field("best", description="fgsm (published), sgd, deepfool, or best (the strongest of fgsm and "
+                           "sgd, and deepfool when affordable, by the selection split)")
+    mode: Literal["batched", "reference"] = Field("batched", description="batched (fast) or reference (ART's exact "
+                                                  "sequential loop, fgsm only)")
+    target: str | None = Field(None, description="targeted UAP: class index or name")
+    max_iter: int | None = Field(None, ge=1, description="passes over the source (plain sources; a stream: 1)")
+    step_size: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                    description="step size in [0,1] pixel units (batched fgsm: the first step of the "
+                                    "linear schedule; default twice eps/10 for linf, eps/sqrt(d)/10 for l2)")
+    batch_size: int = Field(32, ge=1, description="images per attack step")
+    chunk_size: int = Field(1000, ge=1, description="source images decoded at a time")
+    controls: int = Field(10, ge=0, le=1000, description="random-noise control draws at the UAP's norm")
+    control_kind: Literal["uniform", "art"] = Field("uniform", description="uniform, or art (the published draw)")
+    clip: bool = Field(True, description="clip x+v to [0,1] (published: no clip)")
+    seed: int = Field(0, description="seed of every random choice (subsets, stream, controls)")
+    device: str = Field("auto", description="auto, cpu, cuda or mps")
+    workers: int = Field(0, ge=0, description="decoding worker processes for large sources")
     amp: bool = Field(False, description="build the UAP under bfloat16 autocast (metrics stay float32)")
-    grayscale_source: bool | None = Field(None, description="default: greyscale sources for grey tasks")
+    grayscale_source: bool | None = Field(None, description="greyscale the photos (default: for grey tasks)")
     augment: bool = Field(True, description="stream a photo source as augmented views (crops, flips) up to the "
                           "budget; False: plain passes over the photos (max_iter)")
-    budget: int | None = Field(None, ge=1, description="augmented photos drawn; default by device (DEFAULT_BUDGET)")
-    select: Literal["val", "train", "none"] = Field("val", description="split v is chosen on during the build "
-                                                    "(val falls back to train when the task has none)")
+    budget: int | None = Field(None, ge=1, description="augmented photos the attacker draws (default: 2000 on CPU, "
+                               "50000 on CUDA)")
+    select: Literal["val", "train", "none"] = Field("val", description="split v is chosen on during the build: val "
+                                                    "(train when the task has none), train, or none (the blind "
+                                                    "attacker's last v)")
     select_limit: int = Field(128, ge=8, description="selection images")
-    select_every: int | None = Field(None, ge=1, description="images between checks (default: see select_every_for)")
-    patience: int | None = Field(6, ge=1, description="checks without gain before the build stops (None: never)")
+    select_every: int | None = Field(None, ge=1, description="images between selection checks (default: about 16 "
+                                     "checks over the build, >= 256)")
+    patience: int | None = Field(6, ge=1, description="stop after N selection checks without gain (None: never)")
     restarts: int = Field(1, ge=1, le=20, description="builds per method with seeds seed, seed+1, ...; best kept")
-    surrogate: str | None = Field(None, description="'pretrained' (the public ImageNet model of the audited arch), "
-                                  "a zoo name or a checkpoint: build v there, never touching the audited model")
-    weights_file: str | None = Field(None, description="ImageNet weights for --surrogate pretrained, for an arch "
-                                     "without offline weights")
+    surrogate: str | None = Field(None, description="zero-knowledge: build v on 'pretrained' (the public ImageNet "
+                                  "model of the audited arch), a zoo name or a checkpoint; the audited model is "
+                                  "first used after v is fixed")
+    weights_file: str | None = Field(None, description="ImageNet weights for surrogate 'pretrained' when the arch "
+                                     "has none offline")
 
     @model_validator(mode="after")
-    def _check(self) -> UAPSpec:
+    def _check_config(self) -> UAPConfig:
         if self.zeta is not None and self.eps is not None:
-            raise ValueError("give --zeta or --eps, not both")
+            raise ValueError("give zeta or eps, not both")
         if self.zeta is None and self.eps is None:
             self.zeta = 0.04
         if self.zeta is not None and not 0 < self.zeta <= 1:
@@ -104,15 +119,36 @@ class UAPSpec(BaseModel):
         if self.eps is not None and (self.eps <= 0 or (self.norm == "linf" and self.eps > 1)):
             raise ValueError(f"eps must be > 0 (and <= 1 for linf) in [0,1] pixel units, got {self.eps}")
         if self.mode == "reference" and self.method != "fgsm":
-            raise ValueError("--mode reference exists for --method fgsm only")
+            raise ValueError("mode reference exists for method fgsm only")
         if self.surrogate is not None and self.target is not None:
-            raise ValueError("a zero-knowledge surrogate has no medical classes to target; drop --target or "
-                             "--surrogate")
+            raise ValueError("a zero-knowledge surrogate has no medical classes to target; drop target or "
+                             "surrogate")
+        return self
+
+
+class UAPSpec(UAPConfig):
+    """One UAP run by names (CLI, recipes, cache): what is audited, plus the :class:`UAPConfig` settings.
+
+    Everything here determines the run's numbers and is hashed for caching and resume."""
+
+    model: str | None = Field(None, description="zoo name (trained), e.g. skin_resnet50")
+    checkpoint: str | None = Field(None, description="a checkpoint file (.safetensors/.pt) of your model")
+    arch: str | None = Field(None, description="timm architecture (or package.module:Class) of the checkpoint")
+    trust_checkpoint: bool = Field(False, description="allow pickled code in a torch checkpoint")
+    data: str | None = Field(None, description="task name or path; default: the model's own task")
+    source: str = Field("imagenet", description="imagenet, natural (photos in wheels), train, or a folder")
+
+    @model_validator(mode="after")
+    def _check(self) -> UAPSpec:
         if self.surrogate is not None and self.source == "train":
-            raise ValueError("a zero-knowledge attacker has no training images; use a photo source with --surrogate")
+            raise ValueError("a zero-knowledge attacker has no training images; use a photo source with surrogate")
         if not self.model and not self.checkpoint:
             raise ValueError("give --model NAME or --checkpoint PATH")
         return self
+
+    def config(self) -> UAPConfig:
+        """The settings alone (what a library call takes as keyword arguments)."""
+        return UAPConfig(**self.model_dump(include=set(UAPConfig.model_fields)))
 
     @property
     def targeted(self) -> bool:
@@ -120,7 +156,9 @@ class UAPSpec(BaseModel):
 
     def cache_key(self) -> str:
         """Hash of every field that alters the numbers (device and worker count excluded)."""
-        payload = self.model_dump_json(exclude={"device", "workers"} | (set() if self.amp else {"amp"}))
+        skip = {"device", "workers"} | (set() if self.amp else {"amp"})
+        dump = self.model_dump()
+        payload = to_json({k: dump[k] for k in _KEY_ORDER if k not in skip}).decode()
         return hashlib.sha256(f"{ENGINE_REVISION}:{payload}".encode()).hexdigest()[:20]
 
     @property
@@ -160,5 +198,10 @@ class UAPSpec(BaseModel):
 
 
 def make_spec(**kwargs) -> UAPSpec:
-    """Build a UAPSpec, turning validation errors into one-line BadInput messages."""
+    """Build a UAPSpec, turning validation errors into one-line BadInput messages (in --flag terms)."""
     return validate(UAPSpec, kwargs, flag=True)
+
+
+def make_config(**kwargs) -> UAPConfig:
+    """Build the settings of a library call; errors name the keyword arguments."""
+    return validate(UAPConfig, kwargs)

@@ -98,6 +98,22 @@ def to_float_tensor(images: np.ndarray) -> torch.Tensor:
     return t.contiguous()
 
 
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, H, W) in [0, 1] -> ``channels`` channels: grey repeated to 3, colour to grey by ITU-R 601
+    luma (torchvision's weights); grey images already repeated to 3 channels keep their exact values."""
+    if x.shape[1] == channels:
+        return x
+    if channels == 3 and x.shape[1] == 1:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    if channels == 1 and x.shape[1] == 3:
+        if torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]):
+            return x[:, :1].contiguous()
+        from torchvision.transforms.v2 import functional as F
+
+        return F.rgb_to_grayscale(x, num_output_channels=1).clamp_(0.0, 1.0)
+    raise ValueError(f"cannot convert {x.shape[1]} channels to {channels}")
+
+
 def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize a float batch to (size, size) with antialiased bilinear interpolation (torchvision)."""
     from torchvision.transforms.v2 import functional as F

@@ -17,7 +17,7 @@ from robaudit.core.errors import BadInput, unknown_name
 from robaudit.core.results import DataInfo
 from robaudit.data import embedded
 from robaudit.data.cards import MEDMNIST, TASK_FLAGS, DatasetCard, medmnist_card
-from robaudit.data.images import DecodeError, is_image_file, read_image, resize_batch, to_float_tensor
+from robaudit.data.images import DecodeError, is_image_file, read_image, resize_batch, to_channels, to_float_tensor
 
 SPLITS = ("train", "val", "test")
 _NPZ_SIZE = re.compile(r"^(?P<stem>.+?)_(?P<size>\d+)$")
@@ -189,9 +189,12 @@ class TaskData:
         return DataInfo(name=self.full_name, split=split, n=self.count(split) if n is None else n,
                         sha256=self.sha256(split) if sha256 else None, view=self.view, path=where)
 
-    def mean_norm(self, norm: str, size: int, split: str = "train", limit: int | None = 2000, seed: int = 0) -> float:
-        """Mean Lp norm of the task's images in [0,1] at the model input size (the published zeta reference)."""
+    def mean_norm(self, norm: str, size: int, split: str = "train", limit: int | None = 2000, seed: int = 0,
+                  channels: int = 3) -> float:
+        """Mean Lp norm of the task's images in [0,1] at the model input size and channel count (the published
+        zeta reference, in the pixel space the perturbation lives in)."""
         x, _ = self.tensors(split, size=size, limit=limit, seed=seed)
+        x = to_channels(x, channels)
         flat = x.flatten(1)
         v = flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
         return float(v.mean())

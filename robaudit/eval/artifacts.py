@@ -45,7 +45,8 @@ def amplify(v) -> np.ndarray:
     a = np.asarray(v, dtype=np.float32)
     a = a.reshape(a.shape[-3:]).transpose(1, 2, 0)
     m = float(np.abs(a).max()) or 1.0
-    return ((0.5 + 0.5 * a / m) * 255).round().clip(0, 255).astype(np.uint8)
+    out = ((0.5 + 0.5 * a / m) * 255).round().clip(0, 255).astype(np.uint8)
+    return out[..., 0] if out.shape[-1] == 1 else out  # a greyscale model's v: an (H, W) grey image
 
 
 def save_uap_png(v, path: Path, scale: int = 4) -> None:
@@ -74,7 +75,8 @@ def save_examples_png(x, v, clean, adv, classes: list[str], path: Path, n: int =
     for j, i in enumerate(order):
         for row, (img, pred) in enumerate(((xs[j], clean_np[i]), (xa[j], adv_np[i]))):
             ax = axes[row][j]
-            ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            hwc = img.permute(1, 2, 0).clamp(0, 1).numpy()
+            ax.imshow(hwc[..., 0] if hwc.shape[-1] == 1 else hwc, interpolation="nearest", cmap="gray", vmin=0, vmax=1)
             name = classes[int(pred)]
             ax.set_title(("clean: " if row == 0 else "x+v: ") + (name[:18] + "…" if len(name) > 19 else name),
                          fontsize=8, color="black" if row == 0 or clean_np[i] == adv_np[i] else "#b00020")

@@ -37,8 +37,11 @@ from robaudit.core.results import (
 from robaudit.core.specs import UAPSpec
 from robaudit.eval.artifacts import PARTIAL, guard_output, load_partial, save_partial, write_run
 from robaudit.eval.metrics import compare_to_control, control_metrics, uap_metrics
-from robaudit.eval.sources import uap_source
+from robaudit.eval.sources import in_channels, tensor_source, uap_source
+from robaudit.data import load_task
+from robaudit.data.images import to_channels
 from robaudit.models import LoadedModel, load_model, load_model_and_task
+from robaudit.models.loading import check_classes
 from robaudit.models.factory import imagenet_classifier
 from robaudit.models.normalize import Normalized, fast_model
 from robaudit.models.store import is_trained
@@ -48,7 +51,7 @@ from robaudit.models.store import is_trained
 BEST_OF = ("fgsm", "sgd")
 DEEPFOOL_COST = 2.0
 
-__all__ = ["PARTIAL", "RunOutput", "run_uap"]
+__all__ = ["PARTIAL", "Given", "RunOutput", "run_uap"]
 
 
 @dataclass
@@ -56,8 +59,11 @@ class RunOutput:
     """What a run produced: the validated result, the perturbation, and where files went."""
 
     result: Result
-    v: torch.Tensor  # (1, 3, S, S), CPU float32
+    v: torch.Tensor  # (1, C, S, S), CPU float32
     out_dir: Path | None
+    x_eval: torch.Tensor | None = None  # what the run folder's pictures and predictions are drawn from
+    clean: torch.Tensor | None = None
+    adv: torch.Tensor | None = None
 
 
 @dataclass
@@ -106,17 +112,28 @@ class Measured:
     comparison: Comparison | None
 
 
-def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, init=None) -> RunOutput:
+@dataclass
+class Given:
+    """What a library call hands over instead of names: a live model, in-memory data, photos as a tensor."""
+
+    model: LoadedModel | None = None
+    task: object = None  # robaudit.data.TaskData
+    photos: torch.Tensor | None = None
+
+
+def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, init=None,
+            given: Given | None = None) -> RunOutput:
     """Run one UAP audit cell. Writes result.json, uap.npy, uap.png, examples.png to ``out_dir``.
 
     ``out_dir`` is checked and locked before any compute; its files are written as one transaction, and a
-    perturbation that cannot be written is rescued (see :mod:`robaudit.eval.artifacts`)."""
+    perturbation that cannot be written is rescued (see :mod:`robaudit.eval.artifacts`). ``given`` carries
+    the library's live objects; without it the spec's names are resolved (the CLI's and recipes' path)."""
     with guard_output(out_dir):
-        return _run_uap(spec, out_dir, quiet, init)
+        return _run_uap(spec, out_dir, quiet, init, given or Given())
 
 
-def _run_uap(spec: UAPSpec, out_dir: Path | None, quiet: bool, init) -> RunOutput:
-    prep = prepare(spec, out_dir, init)
+def _run_uap(spec: UAPSpec, out_dir: Path | None, quiet: bool, init, given: Given) -> RunOutput:
+    prep = prepare(spec, out_dir, init, given)
     t0 = time.time()
     outcome = build(prep, quiet)
     seconds = time.time() - t0
@@ -129,35 +146,57 @@ def _run_uap(spec: UAPSpec, out_dir: Path | None, quiet: bool, init) -> RunOutpu
     result = record(prep, outcome, measured, seconds)
     if out_dir is not None and prep.is_main:  # every rank holds the same v and metrics; rank 0 writes
         write_run(out_dir, result, v, prep.x_eval, measured.clean, measured.adv, prep.lm.classes, spec)
-    return RunOutput(result, v, out_dir)
+    return RunOutput(result, v, out_dir, prep.x_eval, measured.clean, measured.adv)
 
 
-def prepare(spec: UAPSpec, out_dir: Path | None, init=None) -> Prepared:
+def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None = None) -> Prepared:
     """Load the model, its task, eps, the evaluation images, the source and the selection images; check them."""
+    given = given or Given()
     group = init_from_env(spec.device)  # None unless launched by torchrun with 2+ processes
-    lm, task = load_model_and_task(spec.model, checkpoint=spec.checkpoint, arch=spec.arch, device=spec.device,
-                                   trust_checkpoint=spec.trust_checkpoint, data=spec.data)
-    size = lm.card.input_size
+    if given.model is None:
+        lm, task = load_model_and_task(spec.model, checkpoint=spec.checkpoint, arch=spec.arch, device=spec.device,
+                                       trust_checkpoint=spec.trust_checkpoint, data=spec.data)
+    else:
+        lm, task = given.model, given.task
+        if task is None:
+            task = load_task(spec.data or lm.card.task or "", size=lm.card.input_size) if (spec.data or lm.card.task) \
+                else None
+        if task is None:
+            raise BadInput("no data given for a model without a task", "pass data=ra.Data(test=(x, y), ...)")
+        check_classes(lm.classes, task.label_names, task.full_name)
+    size, ch = lm.card.input_size, lm.channels
     target = lm.resolve_target(spec.target)
-    ref_norm = task.mean_norm(spec.norm, size, split="train", seed=spec.seed)
+    if spec.eps is None and "train" not in task.splits:
+        raise BadInput(f"zeta needs the task's training images (its reference norm), and {task.full_name!r} has "
+                       "no train split", "pass train=(x, y) to Data, or an absolute eps=")
+    ref_norm = task.mean_norm(spec.norm, size, split="train", seed=spec.seed, channels=ch) \
+        if "train" in task.splits else float("nan")
     eps = spec.eps if spec.eps is not None else spec.zeta * ref_norm
     x_eval, y_eval = task.tensors(spec.split, size=size, limit=spec.eval_limit, seed=spec.seed)
+    x_eval = to_channels(x_eval, ch)
     builder, surrogate = lm.module, None
     if spec.surrogate is None:  # a zero-knowledge build must not touch the audited model before v is fixed
         _probe(lm, x_eval)
     else:
         builder, surrogate = _surrogate(spec, lm)
-    budget = spec.resolved_budget(lm.device.type)
-    src = uap_source(spec, task, size, budget, hold_out=surrogate is not None and spec.select != "none")
+    budget = spec.resolved_budget(lm.device.type) if given.photos is None else None
+    if given.photos is not None:
+        src = tensor_source(given.photos, size)
+    else:
+        src = uap_source(spec, task, size, budget, hold_out=surrogate is not None and spec.select != "none")
     if src.n == 0:
         raise BadInput(f"source {spec.source!r} has no images")
-    source = shard(src.images, group) if group is not None else src.images
+    images = in_channels(src.images, ch)
+    if src.held_out is not None:
+        src.held_out = to_channels(src.held_out, ch)
+    source = shard(images, group) if group is not None else images
     if init is None:
         init = load_partial(out_dir)
         if init is not None:
             info(f"resuming from the partial perturbation in {out_dir / PARTIAL}")
-    if init is not None and tuple(init.shape[-3:]) != (3, size, size):
-        raise BadInput(f"initial perturbation has shape {tuple(init.shape)}, the model needs (1, 3, {size}, {size})")
+    if init is not None and tuple(init.shape[-3:]) != (ch, size, size):
+        raise BadInput(f"initial perturbation has shape {tuple(init.shape)}, the model needs (1, {ch}, {size}, "
+                       f"{size})")
     prep = Prepared(spec, lm, task, target, eps, ref_norm, x_eval, y_eval, source, src.n, src.description, init,
                     group, budget=budget, builder=builder, surrogate=surrogate)
     if surrogate is not None and src.held_out is not None:
@@ -165,7 +204,11 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None) -> Prepared:
         prep.select_score = _scorer(builder, src.held_out, None, spec.clip, lm.device)
     elif spec.select != "none":
         split = spec.select if spec.select in task.splits and spec.select != spec.split else "train"
+        if split not in task.splits:
+            raise BadInput(f"v is chosen on the {spec.select} split, and {task.full_name!r} has neither val nor train",
+                           "pass val=(x, y) to Data, or select='none' (the blind attacker's last v)")
         x_sel, _ = task.tensors(split, size=size, limit=spec.select_limit, seed=spec.seed + 1)
+        x_sel = to_channels(x_sel, ch)
         prep.select_split, prep.select_n = split, len(x_sel)
         prep.select_score = _scorer(lm.module, x_sel, target, spec.clip, lm.device)
     return prep
@@ -317,9 +360,10 @@ def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> 
     spec, lm, task, target = prep.spec, prep.lm, prep.task, prep.target
     attack = AttackInfo(
         kind="uap", method=spec.method, mode=spec.mode if spec.method == "fgsm" else None, norm=spec.norm,
-        zeta=prep.eps / prep.ref_norm, eps=prep.eps,
-        zeta_reference=f"mean {spec.norm} norm of {task.full_name} train images in [0,1] at {prep.size} px = "
-        f"{prep.ref_norm:.4f}", targeted=target is not None, target=target,
+        zeta=prep.eps / prep.ref_norm if prep.ref_norm == prep.ref_norm else None, eps=prep.eps,
+        zeta_reference=f"mean {spec.norm} norm of {task.full_name} train images in [0,1] at {prep.size} px"
+        f"{'' if lm.channels == 3 else f', {lm.channels} channel'} = {prep.ref_norm:.4f}"
+        if prep.ref_norm == prep.ref_norm else "no training images: eps given absolute", targeted=target is not None, target=target,
         target_name=lm.classes[target] if target is not None else None, source=spec.source,
         source_n=prep.source_n, clip=spec.clip, max_iter=spec.default_max_iter(), step_size=spec.resolved_step(),
         batch_size=spec.batch_size, seed=spec.seed, seconds=seconds, device=str(lm.device), uap_norm=m.uap_norm,
@@ -336,12 +380,23 @@ def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> 
     if prep.surrogate is not None:
         notes.append(f"zero-knowledge: v was built on {prep.surrogate} from photos only; the audited model and "
                      "its images were first used after v was fixed")
+    notes.append(_preprocessing_note(prep))
     if spec.amp:
         notes.append("UAP built under bfloat16 autocast (--amp); every metric measured in float32")
     env = environment(lm.device) | {"seed": spec.seed} | ({"distributed": prep.group.info()} if prep.group else {})
     return Result(robaudit_version=__version__, created=now_iso(), command=command_line() or None, environment=env,
                   model=lm.info(), data=task.data_info(spec.split, len(prep.x_eval)), attack=attack,
                   metrics=m.metrics, control=m.control, comparison=m.comparison, notes=notes)
+
+
+def _preprocessing_note(prep: Prepared) -> str:
+    """What robaudit assumed between the stored images and the network (nothing silent)."""
+    lm, task = prep.lm, prep.task
+    size = getattr(task, "image_size", None)
+    stored = f"{size(prep.spec.split)[0]}x{size(prep.spec.split)[1]} px" if size else "stored size"
+    return (f"preprocessing assumed: images from {stored} resized to {lm.input_size} px (antialiased bilinear, "
+            f"centre crop if not square), {lm.channels} channel(s), then (x - mean) / std with mean "
+            f"{list(lm.mean)}, std {list(lm.std)}; classes in output order {lm.classes}")
 
 
 def _threat_model(prep: Prepared) -> str:

@@ -15,6 +15,7 @@ import torch
 from robaudit.core.console import warn
 from robaudit.core.specs import STREAM_CHUNK, UAPSpec
 from robaudit.data import TaskData, load_source
+from robaudit.data.images import resize_batch, to_channels
 from robaudit.data.sources import ImageSource
 from robaudit.data.stream import AugmentedStream
 
@@ -55,6 +56,43 @@ def uap_source(spec: UAPSpec, task: TaskData, size: int, budget: int | None, hol
             warn(f"skipped {src.skipped} undecodable source image(s)")
         return UAPSource(x, len(x), src.describe(), None, held)
     return UAPSource(Chunks(src, size, spec), len(src), src.describe(), None, held)
+
+
+def tensor_source(photos: torch.Tensor, size: int) -> UAPSource:
+    """Photos handed over as a tensor (library): (N, C, H, W) in [0, 1], resized to ``size``, passes over them."""
+    from robaudit.data.memory import as_split
+
+    x, _ = as_split((photos, torch.zeros(len(photos), dtype=torch.long)), "source")
+    x = resize_batch(to_channels(x, 3), size)
+    return UAPSource(x, len(x), f"{len(x)} photos given as a tensor ({tuple(photos.shape[-2:])} px -> {size} px)")
+
+
+def in_channels(images, channels: int):
+    """The source at the model's channel count: a tensor converted, a chunk stream wrapped (3 = unchanged)."""
+    if channels == 3:
+        return images
+    if isinstance(images, torch.Tensor):
+        return to_channels(images, channels)
+    return ChannelStream(images, channels)
+
+
+class ChannelStream:
+    """A re-iterable chunk stream whose chunks are converted to ``channels`` (greyscale models)."""
+
+    def __init__(self, inner, channels: int):
+        self.inner, self.channels = inner, channels
+
+    def __iter__(self):
+        return (to_channels(x, self.channels) for x in self.inner)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getattr__(self, name):  # counts and descriptions of the inner stream (skipped photos, views drawn)
+        return getattr(self.inner, name)
+
+    def shard(self, rank: int, world: int) -> ChannelStream:
+        return ChannelStream(self.inner.shard(rank, world), self.channels)
 
 
 def _split_off(src: ImageSource, seed: int) -> tuple[ImageSource, ImageSource]:

@@ -43,6 +43,7 @@ class ModelCard(BaseModel):
     input_size: int = Field(ge=8, le=4096, description="square input side in pixels")
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    channels: int = Field(3, ge=1, le=3, description="input channels the network takes (1: greyscale)")
     metrics: dict[str, float] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     data_sha256: dict[str, str] = Field(default_factory=dict)

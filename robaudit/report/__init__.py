@@ -10,3 +10,17 @@ from robaudit.report.render import FORMATS, SUFFIX, check_formats, render, write
 
 __all__ = ["FORMATS", "SUFFIX", "Report", "build_report", "check_formats", "render", "report_json", "write_report",
            "write_reports"]
+
+
+def _render_result(result, fmt: str) -> str:
+    return render(build_report([result]), fmt)
+
+
+def _register() -> None:
+    """Give core's Result its to_html / to_markdown / _repr_html_ (core may not import this layer)."""
+    from robaudit.core import results
+
+    results.RENDERER = _render_result
+
+
+_register()
