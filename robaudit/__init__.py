@@ -7,42 +7,17 @@ submodule or the CLI does not import the whole stack. The contract is ``__all__`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 __version__ = "0.5.0"
 
 __all__ = ["BadInput", "Data", "Interrupted", "Model", "Result", "RobauditError", "RuntimeFailure", "UAPConfig",
            "UAPRun", "UnsafeCheckpoint", "__version__", "attack", "audit", "gate", "load_data", "load_model",
            "load_result", "report", "uap"]
 
-if TYPE_CHECKING:
-    from robaudit.api import (  # noqa: F401
-        BadInput,
-        Data,
-        Interrupted,
-        Model,
-        Result,
-        RobauditError,
-        RuntimeFailure,
-        UAPConfig,
-        UAPRun,
-        UnsafeCheckpoint,
-        attack,
-        audit,
-        gate,
-        load_data,
-        load_model,
-        load_result,
-        report,
-        uap,
-    )
-
-
 def __getattr__(name: str):
-    if name in __all__:
-        from robaudit import api
+    if name in __all__:  # resolved at first use: every layer may import robaudit (for __version__) without a cycle
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module("robaudit.api"), name)
     raise AttributeError(f"module 'robaudit' has no attribute {name!r}")
 
 

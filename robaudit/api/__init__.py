@@ -85,7 +85,7 @@ def uap(model: Model | str, data: Data | str | None = None, *, source: str | Pat
     (N, 3, H, W) in [0, 1]; ``settings``: any field of :class:`UAPConfig` (``norm``, ``zeta``/``eps``,
     ``method``, ``budget``, ``target``, ``seed``, ...). With ``out`` the run folder is written (and locked)
     as the CLI writes it. Same model, data, settings and seed as a CLI run give the same v bit for bit."""
-    from robaudit.eval.run import Given, run_uap
+    from robaudit.eval.run import Given
 
     cfg = make_config(**settings)
     photos = None
@@ -117,8 +117,16 @@ def uap(model: Model | str, data: Data | str | None = None, *, source: str | Pat
     if data is not None and not isinstance(data, (Data, str, Path)):
         raise BadInput(f"data is a {type(data).__name__}", "pass ra.Data(test=(x, y), val=..., train=...) or a "
                        "task name")
+    return run_spec(spec, out=out, init=init, quiet=not progress, given=given)
+
+
+def run_spec(spec: UAPSpec, *, out: str | Path | None = None, init: torch.Tensor | None = None, quiet: bool = True,
+             given=None) -> UAPRun:
+    """A run by :class:`UAPSpec` (names): what ``robaudit uap`` and :func:`uap` both end in."""
+    from robaudit.eval.run import run_uap
+
     out_dir = Path(out) if out is not None else None
-    run = run_uap(spec, out_dir=out_dir, quiet=not progress, init=init, given=given)
+    run = run_uap(spec, out_dir=out_dir, quiet=quiet, init=init, given=given)
     return UAPRun(run.result, run.v, spec, run.x_eval, run.clean, run.adv, out_dir)
 
 
@@ -143,7 +151,8 @@ def attack(model: Model, data: Data, *, attack: str = "pgd", eps: list[float] | 
     x = to_channels(x, model.channels)
     return run_attack(model.module, x, y, attack=spec.name, eps=eps_list, norm=norm, backend=backend, steps=steps,
                       target=model.resolve_target(target), random_start=random_start, class_names=model.classes,
-                      batch_size=batch_size, seed=seed, model_info=model.info(), data_info=task.data_info(split, len(x)),
+                      batch_size=batch_size, seed=seed, model_info=model.info(),
+                      data_info=task.data_info(split, len(x)),
                       quiet=not progress)
 
 

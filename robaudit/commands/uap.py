@@ -1,4 +1,7 @@
-"""``robaudit uap``: build a universal adversarial perturbation and measure it against random controls."""
+"""``robaudit uap``: build a universal adversarial perturbation and measure it against random controls.
+
+Every option is a field of :class:`~robaudit.core.specs.UAPSpec` (help and default read from there); the
+command resolves names and paths and calls :func:`robaudit.api.run_spec`, the same path as ``ra.uap``."""
 
 from __future__ import annotations
 
@@ -7,62 +10,49 @@ from typing import Annotated, Optional
 
 import typer
 
+from robaudit.commands._options import field_default as _d
+from robaudit.commands._options import option as _o
+from robaudit.core.specs import UAPSpec as S
+
 
 def uap(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Zoo name (trained), e.g. skin_resnet50.")]
-    = None,
-    source: Annotated[str, typer.Option("--source", "-s",
-                                        help="imagenet, natural (photos in wheels), train, or a folder.")]
-    = "imagenet",
-    data: Annotated[Optional[str], typer.Option(help="Task or npz/folder to evaluate on (default: the model's).")]
-    = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="A user checkpoint (.safetensors/.pt).")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="timm architecture of --checkpoint.")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint",
-                                                   help="Allow pickled code in a torch checkpoint.")] = False,
-    norm: Annotated[str, typer.Option(help="linf or l2.")] = "l2",
-    zeta: Annotated[Optional[float], typer.Option(help="eps / mean Lp norm of the task's images (default 0.04).")]
-    = None,
-    eps: Annotated[Optional[float], typer.Option(help="Absolute eps in [0,1] pixel units.")] = None,
-    method: Annotated[str, typer.Option(help="fgsm (published), sgd, deepfool, or best (the strongest of fgsm and "
-                                             "sgd, and deepfool when affordable, by the selection split; the "
-                                             "default).")] = "best",
-    mode: Annotated[str, typer.Option(help="batched (fast) or reference (ART's exact sequential loop).")]
-    = "batched",
-    target: Annotated[Optional[str], typer.Option(help="Targeted UAP: class index or name.")] = None,
-    max_iter: Annotated[Optional[int], typer.Option(help="Passes over the source (plain sources; a stream: 1).")]
-    = None,
-    budget: Annotated[Optional[int], typer.Option(
-        help="Augmented photos the attacker draws (random-resized crops, flips). Default: 2000 on CPU, 50000 "
-             "on CUDA.")] = None,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment",
-                                          help="Stream photo sources as augmented views up to --budget.")] = True,
-    select: Annotated[str, typer.Option(help="Choose v during the build on: val (default; train if the task "
-                                             "has no val), train, or none (the blind attacker's last v).")] = "val",
-    select_limit: Annotated[int, typer.Option(help="Selection images.")] = 128,
-    patience: Annotated[Optional[int], typer.Option(help="Stop after N selection checks without gain.")] = 6,
-    restarts: Annotated[int, typer.Option(help="Builds per method (seeds seed, seed+1, ...); the best is kept.")]
-    = 1,
-    surrogate: Annotated[Optional[str], typer.Option(
-        help="Zero-knowledge: build v on 'pretrained' (the public ImageNet model of the audited arch), a zoo "
-             "name or a checkpoint; the audited model is first used after v is fixed.")] = None,
-    weights_file: Annotated[Optional[Path], typer.Option(
-        help="ImageNet weights for --surrogate pretrained when the arch has none offline.")] = None,
-    step_size: Annotated[Optional[float], typer.Option(
-        help="Step size in [0,1] pixel units (batched fgsm: the first step of the linear schedule; "
-             "default twice eps/10 for linf, eps/sqrt(d)/10 for l2).")] = None,
-    source_limit: Annotated[Optional[int], typer.Option(help="Use N source images (seeded subset).")] = None,
-    eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on N images of the split (seeded).")] = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    controls: Annotated[int, typer.Option(help="Random-noise control draws at the UAP's norm.")] = 10,
-    control_kind: Annotated[str, typer.Option(help="uniform, or art (the published draw).")] = "uniform",
-    clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clip x+v to [0,1] (published: no clip).")]
-    = True,
-    seed: int = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    workers: Annotated[int, typer.Option(help="Decoding worker processes for large sources.")] = 0,
-    amp: Annotated[bool, typer.Option("--amp", help="Build the UAP under bfloat16 autocast (GPU speed).")] = False,
+    model: Annotated[Optional[str], _o(S, "model", "--model", "-m")] = _d(S, "model"),
+    source: Annotated[str, _o(S, "source", "--source", "-s")] = _d(S, "source"),
+    data: Annotated[Optional[str], _o(S, "data")] = _d(S, "data"),
+    checkpoint: Annotated[Optional[Path], _o(S, "checkpoint")] = _d(S, "checkpoint"),
+    arch: Annotated[Optional[str], _o(S, "arch")] = _d(S, "arch"),
+    trust_checkpoint: Annotated[bool, _o(S, "trust_checkpoint", "--trust-checkpoint")] = _d(S, "trust_checkpoint"),
+    norm: Annotated[str, _o(S, "norm")] = _d(S, "norm"),
+    zeta: Annotated[Optional[float], _o(S, "zeta")] = _d(S, "zeta"),
+    eps: Annotated[Optional[float], _o(S, "eps")] = _d(S, "eps"),
+    method: Annotated[str, _o(S, "method")] = _d(S, "method"),
+    mode: Annotated[str, _o(S, "mode")] = _d(S, "mode"),
+    target: Annotated[Optional[str], _o(S, "target")] = _d(S, "target"),
+    max_iter: Annotated[Optional[int], _o(S, "max_iter")] = _d(S, "max_iter"),
+    budget: Annotated[Optional[int], _o(S, "budget")] = _d(S, "budget"),
+    augment: Annotated[bool, _o(S, "augment", "--augment/--no-augment")] = _d(S, "augment"),
+    select: Annotated[str, _o(S, "select")] = _d(S, "select"),
+    select_limit: Annotated[int, _o(S, "select_limit")] = _d(S, "select_limit"),
+    select_every: Annotated[Optional[int], _o(S, "select_every")] = _d(S, "select_every"),
+    patience: Annotated[Optional[int], _o(S, "patience")] = _d(S, "patience"),
+    restarts: Annotated[int, _o(S, "restarts")] = _d(S, "restarts"),
+    surrogate: Annotated[Optional[str], _o(S, "surrogate")] = _d(S, "surrogate"),
+    weights_file: Annotated[Optional[Path], _o(S, "weights_file")] = _d(S, "weights_file"),
+    step_size: Annotated[Optional[float], _o(S, "step_size")] = _d(S, "step_size"),
+    source_limit: Annotated[Optional[int], _o(S, "source_limit")] = _d(S, "source_limit"),
+    eval_limit: Annotated[Optional[int], _o(S, "eval_limit")] = _d(S, "eval_limit"),
+    split: Annotated[str, _o(S, "split")] = _d(S, "split"),
+    batch_size: Annotated[int, _o(S, "batch_size", min=1)] = _d(S, "batch_size"),
+    chunk_size: Annotated[int, _o(S, "chunk_size", min=1)] = _d(S, "chunk_size"),
+    controls: Annotated[int, _o(S, "controls")] = _d(S, "controls"),
+    control_kind: Annotated[str, _o(S, "control_kind")] = _d(S, "control_kind"),
+    clip: Annotated[bool, _o(S, "clip", "--clip/--no-clip")] = _d(S, "clip"),
+    grayscale_source: Annotated[Optional[bool], _o(S, "grayscale_source", "--grayscale-source/--color-source")]
+    = _d(S, "grayscale_source"),
+    seed: Annotated[int, _o(S, "seed")] = _d(S, "seed"),
+    device: Annotated[str, _o(S, "device")] = _d(S, "device"),
+    workers: Annotated[int, _o(S, "workers")] = _d(S, "workers"),
+    amp: Annotated[bool, _o(S, "amp", "--amp")] = _d(S, "amp"),
     init: Annotated[Optional[Path], typer.Option(help="Warm-start from a saved uap.npy.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default reports/<run-id>/).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result JSON on stdout, nothing else.")]
@@ -72,27 +62,23 @@ def uap(
     """Build a UAP from SOURCE and evaluate it on the task's test split against random controls."""
     import json
 
+    from robaudit.api import run_spec
     from robaudit.attacks.uap.group import is_main
     from robaudit.commands._shared import default_out_dir, print_uap_summary, write_reports_best_effort
     from robaudit.core.console import print_json
     from robaudit.core.specs import make_spec
     from robaudit.eval.artifacts import load_perturbation
-    from robaudit.eval.run import run_uap
 
-    spec = make_spec(model=model, checkpoint=str(checkpoint) if checkpoint else None, arch=arch,
-                     trust_checkpoint=trust_checkpoint, data=data, split=split, eval_limit=eval_limit, source=source,
-                     source_limit=source_limit, norm=norm, zeta=zeta, eps=eps, method=method, mode=mode,
-                     target=target, max_iter=max_iter, step_size=step_size, batch_size=batch_size,
-                     controls=controls, control_kind=control_kind, clip=clip, seed=seed, device=device,
-                     workers=workers, amp=amp, budget=budget, augment=augment, select=select,
-                     select_limit=select_limit, patience=patience, restarts=restarts, surrogate=surrogate,
-                     weights_file=str(weights_file) if weights_file else None)
+    fields = {k: v for k, v in locals().items() if k in S.model_fields}
+    for k in ("checkpoint", "weights_file"):
+        fields[k] = str(fields[k]) if fields[k] is not None else None
+    spec = make_spec(**fields)
     init_v = None
     if init is not None:  # an .npz, a pickle or garbage is one BadInput line (never executed)
         init_v = load_perturbation(init, "--init", "pass the uap.npy a run wrote (or the rescued -uap.npy)")
     name = spec.model or Path(spec.checkpoint or "model").stem
     out_dir = out or default_out_dir(name, spec.source, spec.cache_key()[:6])
-    run = run_uap(spec, out_dir=out_dir, quiet=json_out, init=init_v)
+    run = run_spec(spec, out=out_dir, quiet=json_out, init=init_v)
     if not is_main():  # under torchrun only rank 0 writes reports and prints
         return
     if not no_report:

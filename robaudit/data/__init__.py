@@ -5,4 +5,5 @@ from robaudit.data.memory import Data, MemoryTask, load_data
 from robaudit.data.sources import ImageSource, load_source
 from robaudit.data.tasks import TaskData, list_tasks, load_task
 
-__all__ = ["Data", "DatasetCard", "MemoryTask", "load_data", "ImageSource", "TaskData", "list_tasks", "load_source", "load_task"]
+__all__ = ["Data", "DatasetCard", "ImageSource", "MemoryTask", "TaskData", "list_tasks", "load_data", "load_source",
+           "load_task"]

@@ -35,14 +35,14 @@ from robaudit.core.results import (
     success_vector,
 )
 from robaudit.core.specs import UAPSpec
+from robaudit.data import load_task
+from robaudit.data.images import to_channels
 from robaudit.eval.artifacts import PARTIAL, guard_output, load_partial, save_partial, write_run
 from robaudit.eval.metrics import compare_to_control, control_metrics, uap_metrics
 from robaudit.eval.sources import in_channels, tensor_source, uap_source
-from robaudit.data import load_task
-from robaudit.data.images import to_channels
 from robaudit.models import LoadedModel, load_model, load_model_and_task
-from robaudit.models.loading import check_classes
 from robaudit.models.factory import imagenet_classifier
+from robaudit.models.loading import check_classes
 from robaudit.models.normalize import Normalized, fast_model
 from robaudit.models.store import is_trained
 
@@ -363,7 +363,8 @@ def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> 
         zeta=prep.eps / prep.ref_norm if prep.ref_norm == prep.ref_norm else None, eps=prep.eps,
         zeta_reference=f"mean {spec.norm} norm of {task.full_name} train images in [0,1] at {prep.size} px"
         f"{'' if lm.channels == 3 else f', {lm.channels} channel'} = {prep.ref_norm:.4f}"
-        if prep.ref_norm == prep.ref_norm else "no training images: eps given absolute", targeted=target is not None, target=target,
+        if prep.ref_norm == prep.ref_norm else "no training images: eps given absolute",
+        targeted=target is not None, target=target,
         target_name=lm.classes[target] if target is not None else None, source=spec.source,
         source_n=prep.source_n, clip=spec.clip, max_iter=spec.default_max_iter(), step_size=spec.resolved_step(),
         batch_size=spec.batch_size, seed=spec.seed, seconds=seconds, device=str(lm.device), uap_norm=m.uap_norm,

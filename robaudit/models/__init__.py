@@ -5,5 +5,6 @@ from robaudit.models.normalize import Normalized, logits_of
 from robaudit.models.store import ModelCard
 from robaudit.models.zoo import ZooRecipe, model_name, parse_zoo_name
 
-__all__ = ["LoadedModel", "Model", "ModelCard", "Normalized", "ZooRecipe", "load_model", "load_model_and_task", "logits_of",
+__all__ = ["LoadedModel", "Model", "ModelCard", "Normalized", "ZooRecipe", "load_model", "load_model_and_task",
+           "logits_of",
            "model_name", "parse_zoo_name", "resolve_target"]

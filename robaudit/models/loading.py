@@ -67,8 +67,9 @@ class Model:
             with torch.inference_mode():
                 out = self.module(x)
         except Exception as exc:  # noqa: BLE001 - any failure of the user's forward is the user's input
+            first = str(exc).splitlines()[0] if str(exc) else ""
             raise BadInput(f"the model's forward pass fails on a (1, {self.channels}, {self.input_size}, "
-                           f"{self.input_size}) input: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                           f"{self.input_size}) input: {type(exc).__name__}: {first}",
                            "check channels= and input_size= (the model's input), or the module itself") from None
         if out.ndim != 2 or out.shape[1] != len(self.classes):
             raise BadInput(f"the model returns shape {tuple(out.shape)} but classes names {len(self.classes)} classes",
@@ -136,14 +137,8 @@ def state_sha256(module) -> str:
     for k, t in module.state_dict().items():
         h.update(k.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != __import__("torch").bfloat16
-                 else t.detach().float().cpu().numpy().tobytes())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def resolve_target(self, target: str | int | None) -> int | None:
-        """A target class given as an index or a (case-insensitive, unique-prefix) class name."""
-        return resolve_target(target, self.classes)
 
 
 def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
@@ -288,7 +283,7 @@ def _load_checkpoint(path: Path, arch: str | None, dev, trust: bool, task: str |
         if not task:
             raise BadInput("a checkpoint without a card needs its task for the class names", "pass --data TASK")
         if ":" in arch:
-            raise BadInput(f"checkpoint {str(path)!r} of your own class {arch!r} has no card beside it ({side_card.name})",
+            raise BadInput(f"checkpoint {str(path)!r} of your own class {arch!r} has no card ({side_card.name})",
                            "write the card: classes, mean, std, input_size and channels the model was trained with")
         t = load_task(task)
         cfg = timm.create_model(check_arch(arch), pretrained=False, num_classes=t.num_classes).pretrained_cfg

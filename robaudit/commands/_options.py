@@ -1,0 +1,26 @@
+"""Typer options read from the one settings model: names, defaults and help are declared once, on the
+pydantic fields (:class:`~robaudit.core.specs.UAPSpec`), and each command's parameters take them from here.
+``tests/test_options.py`` checks every field has its option with the same default, and that no two
+commands spell one setting differently (docs/options.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from pydantic import BaseModel
+
+
+def field_default(model: type[BaseModel], name: str) -> Any:
+    """The field's default (the CLI parameter's default is this value, never a second literal)."""
+    return model.model_fields[name].default
+
+
+def field_help(model: type[BaseModel], name: str) -> str:
+    text = model.model_fields[name].description or ""
+    return text[:1].upper() + text[1:] + ("." if text and not text.endswith(".") else "")
+
+
+def option(model: type[BaseModel], name: str, *decls: str, **kwargs: Any):
+    """``typer.Option`` for ``model``'s field ``name`` (flag ``--name-with-dashes`` unless ``decls``)."""
+    return typer.Option(*decls, help=field_help(model, name), **kwargs)

@@ -1,0 +1,37 @@
+"""A user's own network for the API tests: not in timm or torchvision, 1-channel input, its own mean/std.
+
+Importable as ``greynet:GreyNet`` (tests/ is on sys.path under pytest), so a checkpoint of it loads in the
+CLI with ``--arch greynet:GreyNet`` exactly as a live instance is handed to ``ra.Model``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MEAN, STD = (0.45,), (0.22,)
+
+
+class GreyNet(nn.Module):
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x normalised: (pixels - MEAN) / STD
+        return self.head(self.features(x))
+
+
+def train_greynet(x: torch.Tensor, y: torch.Tensor, epochs: int = 6, seed: int = 0) -> GreyNet:
+    """A few epochs of Adam on (N, 1, H, W) images in [0, 1]: a real, better-than-chance classifier."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = GreyNet()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    xn = (x - MEAN[0]) / STD[0]
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(32):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(xn[idx]), y[idx]).backward()
+            opt.step()
+    return net.eval()
