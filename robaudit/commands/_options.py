@@ -24,3 +24,17 @@ def field_help(model: type[BaseModel], name: str) -> str:
 def option(model: type[BaseModel], name: str, *decls: str, **kwargs: Any):
     """``typer.Option`` for ``model``'s field ``name`` (flag ``--name-with-dashes`` unless ``decls``)."""
     return typer.Option(*decls, help=field_help(model, name), **kwargs)
+
+
+def deprecated(old_value: Any, old_flag: str, new_flag: str, new_value: Any, default: Any = None) -> Any:
+    """The value of a setting given under its old spelling (a hidden option kept for one release), with a
+    one-line note; giving both spellings is bad input."""
+    if old_value is None:
+        return new_value
+    from robaudit.core.console import warn
+    from robaudit.core.errors import BadInput
+
+    if new_value != default:
+        raise BadInput(f"{old_flag} and {new_flag} name one setting", f"pass {new_flag} only")
+    warn(f"{old_flag} is deprecated and will be removed in the next release; use {new_flag}")
+    return old_value

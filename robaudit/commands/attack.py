@@ -27,7 +27,8 @@ def attack(
     steps: Annotated[Optional[int], typer.Option(help="Iterations (default: per attack).")] = None,
     random_start: Annotated[bool, typer.Option("--random-start", help="PGD: start from a random point.")] = False,
     target: Annotated[Optional[str], typer.Option(help="Targeted attack: class index or name.")] = None,
-    n: Annotated[int, typer.Option("--n", help="Attack N images of the split (seeded subset).")] = 256,
+    eval_limit: Annotated[int, typer.Option(help="Attack N images of the split (seeded subset).")] = 256,
+    n_old: Annotated[Optional[int], typer.Option("--n", hidden=True, help="Deprecated: --eval-limit.")] = None,
     split: Annotated[str, typer.Option(help="Split to attack.")] = "test",
     batch_size: Annotated[int, typer.Option(help="Images per backend call.")] = 64,
     seed: int = 0,
@@ -52,7 +53,10 @@ def attack(
     spec, norm, backend = resolve(attack_name, norm, backend, targeted=target is not None)
     eps_list = check_eps(parse_eps(eps) if eps is not None else None, norm, spec)
     steps = check_steps(steps, spec)
-    for flag, value in (("--n", n), ("--batch-size", batch_size)):
+    from robaudit.commands._options import deprecated
+
+    n = deprecated(n_old, "--n", "--eval-limit", eval_limit, default=256)
+    for flag, value in (("--eval-limit", n), ("--batch-size", batch_size)):
         if value <= 0:
             raise BadInput(f"{flag} must be >= 1, got {value}")
     if random_start and spec.name != "pgd":

@@ -65,15 +65,18 @@ def train(
     replicate: Annotated[Optional[int], typer.Option(
         min=0, help="Training replicate R (stored as MODEL@R; 0 = MODEL): its own initialisation, data order and "
         "augmentation, paired across configurations.")] = None,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Rotation 5 deg, 5% shifts, flips.")]
+    augment: Annotated[bool, typer.Option("--train-augment/--no-train-augment",
+                                          help="Training augmentation: rotation 5 deg, 5% shifts, flips.")]
     = True,
+    augment_old: Annotated[Optional[bool], typer.Option("--augment/--no-augment", hidden=True,
+                                                        help="Deprecated: --train-augment.")] = None,
     balanced: Annotated[bool, typer.Option("--balanced", help="Class-balanced sampling.")] = False,
     train_limit: Annotated[Optional[int], typer.Option(help="Use a reproducible subset of N training images.")]
     = None,
     weights_file: Annotated[Optional[str], typer.Option(help="Local ImageNet weights for the arch.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    restart: Annotated[bool, typer.Option("--restart", help="Ignore an unfinished run instead of resuming.")]
-    = False,
+    resume: Annotated[bool, typer.Option("--resume/--restart", help="Resume an unfinished run (--restart: ignore "
+                                         "it and start over).")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the model card JSON on stdout.")] = False,
 ) -> None:
     """Fine-tune (ImageNet init) or train from scratch (random init) a zoo model and store it."""
@@ -82,12 +85,15 @@ def train(
     from robaudit.models.train import TrainConfig, check_trainable, train_model
     from robaudit.models.zoo import with_replicate
 
+    from robaudit.commands._options import deprecated
+
+    augment = deprecated(augment_old, "--augment", "--train-augment", augment, default=True)
     cfg = validate(TrainConfig, dict(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                                      optimizer=optimizer, seed=seed, augment=augment, balanced=balanced,
                                      train_limit=train_limit, weights_file=weights_file), flag=True)
     model = with_replicate(model, replicate)
     check_trainable(model)
-    card = train_model(model, cfg, device=device, resume=not restart, quiet=json_out)
+    card = train_model(model, cfg, device=device, resume=resume, quiet=json_out)
     if json_out:
         print_json(card.model_dump())
         return
