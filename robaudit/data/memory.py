@@ -167,6 +167,11 @@ class Data:
     def splits(self) -> list[str]:
         return self.task.splits
 
+    def tensors(self, split: str = "test", size: int | None = None, limit: int | None = None, seed: int = 0):
+        """A split as (float32 (N, 3, S, S) in [0, 1], int64 labels): ``size`` resizes, ``limit`` draws a
+        seeded subset; what robaudit itself feeds a model (before its channel and mean/std step)."""
+        return self.task.tensors(split, size=size, limit=limit, seed=seed)
+
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={self.task.count(s)}" for s in self.splits)
         return f"Data({self.name!r}, classes={self.classes}, {counts})"
