@@ -7,6 +7,7 @@ turns user-facing errors into one line on stderr and an exit code.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -57,24 +58,47 @@ def _root(
     set_data_root(None if from_env else data_root)
 
 
+def _stoppable(command, message: str = "interrupted"):
+    """``command`` with a Ctrl-C (or SIGTERM/SIGHUP, see :func:`main`) that escapes it as :class:`Interrupted`.
+
+    Typer turns a KeyboardInterrupt into a bare exit 130 and drops its message (the resume hint); an
+    Interrupted passes through to :func:`main` like any robaudit error. ``message``: what a command that
+    raises a plain KeyboardInterrupt (train: its epochs are checkpointed) tells the user."""
+    import functools
+
+    @functools.wraps(command)
+    def run_command(*args, **kwargs):
+        from robaudit.core.errors import Interrupted
+
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(str(exc) or message) from None
+
+    return run_command
+
+
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(models_cmd.app, name="models")
-app.command("train")(models_cmd.train)
-app.command("uap")(uap_cmd.uap)
-app.command("audit")(audit_cmd.audit)
-app.command("demo")(demo_cmd.demo)
+app.command("train")(_stoppable(models_cmd.train, "interrupted: training resumes after the last finished epoch; "
+                                "re-run the same command (--restart starts over)"))
+app.command("uap")(_stoppable(uap_cmd.uap))
+app.command("audit")(_stoppable(audit_cmd.audit))
+app.command("demo")(_stoppable(demo_cmd.demo))
 # further commands register below (one line each)
-app.command("attack")(attack_cmd.attack)
-app.command("report")(report_cmd.report)
-app.command("gate")(gate_cmd.gate)
-app.command("harden")(harden_cmd.harden)
+app.command("attack")(_stoppable(attack_cmd.attack))
+app.command("report")(_stoppable(report_cmd.report))
+app.command("gate")(_stoppable(gate_cmd.gate))
+app.command("harden")(_stoppable(harden_cmd.harden))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map every error to one line on stderr and an exit code.
 
     0 success, 1 a gate failed, 2 bad input (usage errors included), 3 runtime failure (an unexpected
-    exception included: one ``internal error:`` line, the traceback in a log file), 130 Ctrl-C.
+    exception included: one ``internal error:`` line, the traceback in a log file), 130 Ctrl-C, 143 SIGTERM,
+    129 SIGHUP: the stop signals are all handled as Ctrl-C (:func:`robaudit.core.errors.stop_signals`), so
+    partial work is saved and locks released for each.
     """
     from rich.markup import escape
 
@@ -84,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         from click import exceptions as cx
 
     from robaudit.core.console import err
-    from robaudit.core.errors import Interrupted, RobauditError
+    from robaudit.core.errors import Interrupted, RobauditError, interrupt_exit_code, received_signal, stop_signals
 
     def one_line(message: str, hint: str | None = None) -> None:
         err.print(f"[bold red]error:[/] {escape(message)}" + (f" [dim]({escape(hint)})[/]" if hint else ""),
@@ -92,12 +116,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from robaudit.core import locations
 
+    def stopped(message: str) -> int:
+        sig = received_signal()
+        name = signal.Signals(sig).name if sig is not None and sig != signal.SIGINT else None
+        err.print(f"[yellow]{escape((f'{name}: ' if name else '') + message)}[/]", soft_wrap=True, highlight=False)
+        return interrupt_exit_code()
+
     saved_root = locations.configured_override()  # --data-root lasts one invocation, also when called in-process
     try:
-        rv = app(args=argv, prog_name="robaudit", standalone_mode=False)
+        with stop_signals():
+            rv = app(args=argv, prog_name="robaudit", standalone_mode=False)
     except Interrupted as exc:
-        err.print(f"[yellow]{escape(exc.message)}[/]", soft_wrap=True, highlight=False)
-        return exc.exit_code
+        return stopped(exc.message)
     except RobauditError as exc:
         one_line(exc.message, exc.hint)
         return exc.exit_code
@@ -114,15 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Exit, getattr(cx, "Exit", typer.Exit)) as exc:
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort, getattr(cx, "Abort", KeyboardInterrupt)) as exc:
-        # click turns Ctrl-C into Abort; the KeyboardInterrupt it wraps carries our resume hint
+        # older click turns Ctrl-C into Abort; the KeyboardInterrupt it wraps carries our resume hint
         cause = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
-        err.print(f"[yellow]{escape(str(cause or '') or 'interrupted')}[/]")
-        return 130
+        return stopped(str(cause or "") or "interrupted")
     except Exception as exc:  # a bug or an unforeseen failure: one line, the traceback in a log, exit 3
         err.print(f"[bold red]internal error:[/] {escape(_crash_line(exc, argv))}", soft_wrap=True, highlight=False)
         return 3
     finally:
         locations.set_data_root(saved_root)
+    if rv == 130 and received_signal() is not None:  # typer's own exit for a KeyboardInterrupt (subcommands)
+        return stopped("interrupted")
     return rv if isinstance(rv, int) else 0
 
 

@@ -581,3 +581,217 @@ def test_audit_whose_cells_all_failed_exits_3(tmp_path, capsys):
     line = one_error(err)
     assert code == 3 and "every cell of audit 'rel' failed" in line
     assert json.loads((out / "audit.json").read_text())["counts"]["failed"] == 1
+
+
+# ------------------------------------------------------------- issue 28: mechanisms, not cases
+# Every stop signal is Ctrl-C. The child is the real CLI; a hook prints "working" on stdout once the
+# command's inner loop has run ``after`` steps (so the signal lands in the work, not in the imports).
+CHILD = """
+import sys
+import importlib
+mod, attr, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+owner = importlib.import_module(mod)
+*path, name = attr.split(".")
+for p in path:
+    owner = getattr(owner, p)
+real, calls = getattr(owner, name), [0]
+def hooked(*a, **k):
+    calls[0] += 1
+    if calls[0] == after:
+        print("working", flush=True)
+    return real(*a, **k)
+setattr(owner, name, hooked)
+from robaudit.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"]
+#: the inner step each building command runs (hooked) and the step after which to signal: a uap/audit build
+#: step; the second epoch's first training step (so one epoch is checkpointed and must survive)
+UAP_STEP = ("robaudit.attacks.uap.state", "UAPState.tick", 1)
+
+
+def signalled(args, sig: str, hook, tmp_path: Path) -> tuple[int, str]:
+    """Run ``robaudit ARGS`` in a child, send ``sig`` once its work has started; (exit code, stderr)."""
+    import signal
+
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200"}
+    errf = tmp_path / f"{sig}.stderr"
+    with open(errf, "w") as ef:
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, hook[0], hook[1], str(hook[2]), *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=ef, text=True, env=env)
+        try:
+            line = proc.stdout.readline()
+            assert line.strip() == "working", errf.read_text()
+            proc.send_signal(getattr(signal, sig))
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+    return code, errf.read_text()
+
+
+def assert_stopped(code: int, err: str, sig: str, hint: str) -> None:
+    import signal
+
+    assert code == 128 + getattr(signal, sig), err
+    assert "Traceback" not in err and hint in " ".join(err.split()), err
+    if sig != "SIGINT":
+        assert f"{sig}:" in err, err
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_every_stop_signal_during_uap_saves_the_partial_and_releases_the_lock(work, tmp_path, sig):
+    """SIGTERM (timeout, CI cancel, docker stop) and SIGHUP used to kill the run silently, losing v."""
+    out = tmp_path / "run"
+    args = [*tiny(work), *FAST, "--method", "fgsm", "--max-iter", "100000", "--out", out]
+    code, err = signalled(args, sig, UAP_STEP, tmp_path)
+    assert_stopped(code, err, sig, "re-run the same command with the same --out to resume")
+    assert np.load(out / "uap.partial.npy").shape[0] == 1 and not (out / ".robaudit.lock").exists()
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_every_stop_signal_during_audit_keeps_the_running_cells_partial(work, tmp_path, sig):
+    """The running cell saves its partial and the audit says how to resume, for every stop signal."""
+    body = f'checkpoints = [{{path = "{work[0] / "tiny.safetensors"}", name = "tiny"}}]\nmethods = ["fgsm"]\n'
+    path = recipe(tmp_path, body)
+    path.write_text(path.read_text().replace("max_iter = 1", "max_iter = 100000"))
+    out = tmp_path / "audit"
+    code, err = signalled(["audit", "--recipe", path, "--out", out, "--no-report"], sig, UAP_STEP, tmp_path)
+    assert_stopped(code, err, sig, f"--resume --out {out}")
+    assert list(out.glob("cells/*/uap.partial.npy")) and not list(out.rglob(".robaudit.lock"))
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_every_stop_signal_during_train_keeps_the_finished_epoch(data_root, home, tmp_path, sig):
+    """Training checkpoints each epoch; a stop signal in epoch 2 must leave epoch 1's checkpoint to resume."""
+    args = ["train", "pneumonia_resnet10t_random", "--epochs", "50", "--image-size", "16", "--train-limit", "16",
+            "--batch-size", "8", "--device", "cpu"]
+    code, err = signalled(args, sig, ("robaudit.models.train", "augment", 3), tmp_path)
+    assert_stopped(code, err, sig, "interrupted")
+    assert list(home.rglob("train_state.json")) and not list(home.rglob("card.json"))
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_every_stop_signal_during_harden_keeps_the_finished_epoch(work, home, tmp_path, sig):
+    """Hardening resumes after its last finished epoch for every stop signal, not only Ctrl-C."""
+    args = ["harden", "--checkpoint", work[0] / "tiny.safetensors", "--arch", "resnet10t", "--epochs", "50",
+            "--train-limit", "16", "--batch-size", "8", "--no-reaudit", "--device", "cpu", "--select-limit", "8"]
+    code, err = signalled(args, sig, ("robaudit.eval.harden", "augment", 3), tmp_path)
+    assert_stopped(code, err, sig, "resumes after the last finished epoch")
+    assert list(home.rglob("harden_state.json"))
+
+
+def test_a_signal_ignored_at_start_stays_ignored_and_handlers_are_restored():
+    """``nohup`` ignores SIGHUP: robaudit must not re-enable it; in-process callers get their handlers back."""
+    import signal
+
+    from robaudit.core.errors import stop_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_signals():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not before
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGHUP, old_hup)
+
+
+# One reader for every structured input: size and nesting are checked on the text, before a parser recurses.
+DEEP_TOML = ["x = " + "[" * 5000 + "]" * 5000 + "\n", "x = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n",
+             "a" + ".a" * 5000 + " = 1\n", "[" + ".".join(["t"] * 5000) + "]\n"]
+
+
+@pytest.mark.parametrize("body", DEEP_TOML, ids=["arrays", "inline tables", "dotted key", "table header"])
+def test_deeply_nested_toml_recipe_and_policy_are_bad_input(reference, tmp_path, body, capsys):
+    """Was 'internal error: RecursionError' and exit 3 for the TOML twins of the JSON nesting fix."""
+    (tmp_path / "deep.toml").write_text(body)
+    bad_input(["audit", "--recipe", tmp_path / "deep.toml", "--out", tmp_path / "o"], capsys, "nested too deeply")
+    bad_input(["gate", reference[0] / "result.json", "--policy", tmp_path / "deep.toml"], capsys, "nested too deeply")
+
+
+def test_a_huge_structured_file_is_refused_before_it_is_parsed(tmp_path, monkeypatch, capsys):
+    from robaudit.core import files
+
+    monkeypatch.setattr(files, "MAX_DOCUMENT_BYTES", 1000)
+    (tmp_path / "big.json").write_text(json.dumps({"notes": ["x" * 2000]}))
+    bad_input(["report", tmp_path / "big.json"], capsys, "too large to be a robaudit document")
+
+
+def test_nesting_scan_ignores_brackets_in_strings_and_comments():
+    from robaudit.core.files import nesting_depth
+
+    assert nesting_depth('{"a": "[[[[[[", "b": [1, {"c": 2.5}]}') == 3
+    assert nesting_depth('s = "[[[[" # [[[[\nt = """\n{{{{\n"""\nu = [1.5, 2.5]\n[a.b]\nc.d = 1\n', toml=True) == 4
+
+
+def test_every_shipped_document_passes_the_limits():
+    from robaudit.core.files import MAX_DOCUMENT_DEPTH, nesting_depth
+
+    repo = Path(__file__).resolve().parents[1]
+    for f in [*repo.glob("attacks/*.toml"), *repo.glob("docs/*.toml"), *repo.glob("reports/example/**/*.json")]:
+        assert nesting_depth(f.read_text(), toml=f.suffix == ".toml") <= MAX_DOCUMENT_DEPTH // 4, f
+
+
+# Results are validated by value when read: report and gate refuse with one line naming the field.
+BAD_VALUES = [
+    (lambda d: d["metrics"]["fooling_rate"].update(value=1.7), "metrics.fooling_rate.value"),
+    (lambda d: d["data"].update(n=-5), "data.n"),
+    (lambda d: d["metrics"]["fooling_rate"].update(n=-1), "metrics.fooling_rate.n"),
+    (lambda d: d["metrics"]["fooling_rate"].update(ci=[0.9, 0.1]), "reversed"),
+    (lambda d: d["metrics"]["fooling_rate"].update(ci=[0.0, 0.01], value=0.5, k=4), "outside its interval"),
+    (lambda d: d["metrics"]["fooling_rate"].update(k=d["metrics"]["fooling_rate"]["n"] + 1), "successes out of"),
+    (lambda d: d["metrics"]["per_class"][0].update(n=d["metrics"]["per_class"][0]["n"] + 3), "per_class"),
+    (lambda d: d["comparison"].update(p_value=1.5), "comparison.p_value"),
+    (lambda d: d["metrics"].update(clean_accuracy=float("nan")), "metrics.clean_accuracy"),
+    (lambda d: d.update(schema_version="0.9"), "schema_version"),
+]
+
+
+@pytest.mark.parametrize("edit,field", BAD_VALUES, ids=[f for _, f in BAD_VALUES])
+def test_a_result_with_impossible_values_is_refused_by_report_and_gate(reference, tmp_path, edit, field, capsys):
+    """report rendered a fooling rate of 1.7 and gate passed a negative image count."""
+    res = edited_result(reference, tmp_path, edit)
+    (tmp_path / "p.toml").write_text(POLICY)
+    bad_input(["report", res, "--out", tmp_path / "r.html"], capsys, field)
+    bad_input(["gate", res, "--policy", tmp_path / "p.toml"], capsys, field)
+
+
+def test_every_result_robaudit_writes_passes_the_value_checks(reference):
+    from robaudit.core.results import load_result
+    from robaudit.grading import load_input
+
+    load_result(reference[0] / "result.json")
+    repo = Path(__file__).resolve().parents[1]
+    for f in repo.glob("reports/example/cells/*/result.json"):
+        load_result(f)
+    if (repo / "reports/example/audit.json").is_file():
+        load_input(repo / "reports/example/audit.json")
+
+
+# Messages from facts: the closing line names only the files this run wrote.
+def test_no_report_closing_line_names_no_report_even_when_an_old_one_is_there(work, reference, tmp_path, capsys):
+    """With --no-report the closing line still named report.html (a stale one from an earlier run)."""
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    (out / "report.html").write_text("<html>an earlier run's report</html>")
+    code, _, err = run([*tiny(work), *FAST, "--seed", "1", "--out", out], capsys)
+    assert code == 0, err
+    closing = [ln for ln in err.splitlines() if ln.startswith("wrote")]
+    assert closing and "result.json" in closing[-1] and "report.html" not in closing[-1], err
+
+
+def test_float32_bounds_refuse_what_overflows_in_float32():
+    """robaudit.core.bounds, for the settings model: 1e39 is finite in float64 but inf in a float32 tensor."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from robaudit.core.bounds import Float32, PositiveFloat32
+
+    assert TypeAdapter(PositiveFloat32).validate_python(0.5) == 0.5
+    for bounded, bad in ((PositiveFloat32, 1e39), (PositiveFloat32, 0.0), (PositiveFloat32, 1e-45),
+                         (Float32, -1e39), (Float32, float("inf"))):
+        with pytest.raises(ValidationError):
+            TypeAdapter(bounded).validate_python(bad)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from robaudit.core.errors import Interrupted, RobauditError
-from robaudit.core.files import atomic_write_text
+from robaudit.core.files import atomic_write_text, read_json
 from robaudit.core.results import Rate, Result, success_vector
 from robaudit.core.specs import UAPSpec
 from robaudit.eval.run import run_uap
@@ -55,10 +55,10 @@ def load_cached(cell: Cell) -> bool:
     if not (f.is_file() and s.is_file()):
         return False
     try:
-        if UAPSpec.model_validate_json(s.read_text()).cache_key() != cell.key:
+        if UAPSpec.model_validate(read_json(s, "spec")).cache_key() != cell.key:
             return False
-        cell.result = Result.model_validate_json(f.read_text())
-    except ValueError:
+        cell.result = Result.model_validate(read_json(f, "result file"))
+    except (ValueError, RobauditError):  # a hostile or stale file: run the cell again
         return False
     cell.cached = True
     return True

@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import importlib.resources
 import itertools
-import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from robaudit.core.errors import BadInput, unknown_name
-from robaudit.core.files import read_text, validate
+from robaudit.core.files import read_toml, validate
 from robaudit.core.specs import UAPSpec
 from robaudit.models.zoo import REPLICATE_SEP, model_name, replicate_name
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "attacks"
 
@@ -238,11 +232,7 @@ def load_recipe(name_or_path: str | Path) -> tuple[AuditRecipe, str]:
             if path.suffix == ".toml":
                 raise BadInput(f"recipe file {str(path)!r} does not exist")
             raise unknown_name("recipe", str(name_or_path), recipe_names(), "or pass a path to a .toml recipe")
-    text = read_text(path, "recipe", "save the recipe as UTF-8 TOML")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"recipe {str(path)!r} is not valid TOML: {exc}") from None
+    raw, text = read_toml(path, "recipe", "save the recipe as UTF-8 TOML")  # size and nesting checked first
     raw.setdefault("name", path.stem)
     recipe = validate(AuditRecipe, raw, where=f"recipe {str(path)!r}", hint="see attacks/quick.toml for the fields")
     return recipe, text

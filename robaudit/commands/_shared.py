@@ -5,6 +5,7 @@ Summaries go to stderr (rich), so ``--json`` output on stdout stays clean.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from rich.markup import escape
@@ -25,16 +26,24 @@ def default_out_dir(*parts: str) -> Path:
     return reports_root() / "-".join([run_stamp(), *(p.replace("/", "_") for p in parts)])
 
 
-def write_reports_best_effort(results: Result | AuditInput, out_dir: Path, kept: Path) -> None:
-    """HTML + Markdown reports in ``out_dir``; a report failure only warns (``kept`` holds the numbers)."""
+def write_reports_best_effort(results: Result | AuditInput, out_dir: Path, kept: Path) -> dict[str, Path]:
+    """HTML + Markdown reports in ``out_dir``; a report failure only warns (``kept`` holds the numbers).
+
+    Returns ``{format: path}`` of the reports written (empty when none was), for the closing line."""
     try:
-        write_reports(results if isinstance(results, AuditInput) else [results], out_dir, formats=("html", "md"))
+        return write_reports(results if isinstance(results, AuditInput) else [results], out_dir,
+                             formats=("html", "md"))
     except (RobauditError, ImportError, OSError, ValueError) as exc:
         warn(f"report not written ({exc}); the result is in {kept}")
+        return {}
 
 
-def print_uap_summary(result: Result, out_dir: Path | None = None) -> None:
-    """A table: UAP vs random control with intervals and the paired test, plus where files went."""
+def print_uap_summary(result: Result, out_dir: Path | None = None, reports: Iterable[Path] | None = None) -> None:
+    """A table: UAP vs random control with intervals and the paired test, plus the files this run wrote.
+
+    ``reports``: the reports written (``write_reports_best_effort``'s values). Without it, a report counts
+    only if it is newer than the result.json just written: one an earlier run left (``--no-report``, a failed
+    report) is never named as if this run had written it."""
     a, m = result.attack, result.metrics
     source = f"{a.budget} augmented views of {a.source}" if a.budget else f"{a.source} (n={a.source_n})"
     title = (f"{result.model.name} | {a.threat_model or 'uap'} | {a.method}/{a.mode or '-'} {a.norm} "
@@ -65,8 +74,20 @@ def print_uap_summary(result: Result, out_dir: Path | None = None) -> None:
         err.print(f"UAP vs control: {result.comparison.test}, p = {result.comparison.p_value:.3g}; "
                   f"built in {a.seconds:.1f} s on {a.device}")
     if out_dir is not None:
-        html = out_dir / "report.html"
-        err.print(f"[green]wrote[/] {out_dir / 'result.json'}" + (f" and [bold]{html}[/]" if html.exists() else ""))
+        res = out_dir / "result.json"
+        if reports is None:
+            reports = [p for p in (out_dir / "report.html", out_dir / "report.md") if _newer(p, res)]
+        shown = [escape(str(res))] + [f"[bold]{escape(str(p))}[/]" for p in reports]
+        err.print("[green]wrote[/] " + (", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]),
+                  soft_wrap=True)
+
+
+def _newer(path: Path, than: Path) -> bool:
+    """Whether ``path`` exists and was written no earlier than ``than``."""
+    try:
+        return path.stat().st_mtime_ns >= than.stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def print_attack_summary(result, out_dir: Path | None = None) -> None:

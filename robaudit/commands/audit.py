@@ -41,11 +41,12 @@ def audit(
     except (KeyboardInterrupt, Interrupted):
         raise Interrupted(f"interrupted: finished cells are saved in {out_dir / 'cells'}; re-run with "
                           f"--resume --out {out_dir} to continue") from None
+    reports = {}
     if not no_report:
-        write_reports_best_effort(load_input(out_dir / "audit.json"), out_dir, out_dir / "audit.json")
+        reports = write_reports_best_effort(load_input(out_dir / "audit.json"), out_dir, out_dir / "audit.json")
     if json_out:
         print_json(doc)
         return
     print_audit_summary(doc)
-    wrote = f" and [bold]{out_dir / 'report.html'}[/]" if (out_dir / "report.html").is_file() and not no_report else ""
+    wrote = f" and [bold]{reports['html']}[/]" if "html" in reports else ""  # this run's report, never an old one
     err.print(f"[green]wrote[/] {out_dir / 'audit.json'}{wrote}")

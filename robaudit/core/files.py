@@ -78,28 +78,169 @@ def validate(model: type[M], data: Any, *, where: str = "", flag: bool = False, 
         raise BadInput(f"{where}: {msg}" if where else msg, hint) from None
 
 
-def read_text(path: Path, what: str = "file", hint: str | None = None) -> str:
-    """A UTF-8 text file, or a one-line BadInput (missing, a folder, unreadable, not UTF-8)."""
+#: the largest structured document robaudit reads (an audit.json of thousands of cells stays far below)
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+#: the deepest nesting of arrays/tables/dotted keys any robaudit document has (results reach about 8);
+#: checked on the text, before a parser recurses into it
+MAX_DOCUMENT_DEPTH = 64
+
+
+def read_text(path: Path, what: str = "file", hint: str | None = None, *, max_bytes: int | None = None) -> str:
+    """A UTF-8 text file, or a one-line BadInput (missing, a folder, unreadable, not UTF-8, over ``max_bytes``)."""
     p = Path(path)
     try:
-        return p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {str(p)!r}: {exc.strerror or exc}", hint) from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise BadInput(f"{what} {str(p)!r} is larger than {max_bytes // (1024 * 1024) or max_bytes} "
+                       f"{'MiB' if max_bytes >= 1024 * 1024 else 'bytes'}, too large to be a robaudit document",
+                       hint)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadInput(f"{what} {str(p)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                        f"{exc.start})", hint or "save it as UTF-8") from None
-    except OSError as exc:
-        raise BadInput(f"cannot read {what} {str(p)!r}: {exc.strerror or exc}", hint) from None
 
 
-def read_json(path: Path, what: str = "file", hint: str | None = None) -> Any:
-    """Parse a UTF-8 JSON file, or a one-line BadInput saying why it cannot be read (nesting too deep for
-    Python's parser included: a hostile file must not crash the reader)."""
-    text = read_text(path, what, hint)
+def _skip_string(text: str, i: int, toml: bool) -> int:
+    """The index after the string literal that starts at ``text[i]`` (a quote); len(text) if unterminated."""
+    q = text[i]
+    if toml and text.startswith(q * 3, i):  # multi-line string: ends at the first triple quote (+ up to 2 quotes)
+        end = text.find(q * 3, i + 3)
+        if end < 0:
+            return len(text)
+        while q == '"' and text[end - 1] == "\\" and (end - i - 3) > 0:  # an escaped quote: look further
+            nxt = text.find(q * 3, end + 1)
+            if nxt < 0:
+                return len(text)
+            end = nxt
+        end += 3
+        while end < len(text) and text[end] == q and end - i < len(text):
+            end += 1
+        return end
+    j = i + 1
+    escapes = q == '"'  # TOML literal strings ('...') have no escapes; JSON has only "..."
+    while j < len(text):
+        c = text[j]
+        if escapes and c == "\\":
+            j += 2
+            continue
+        if c == q:
+            return j + 1
+        if toml and c == "\n":
+            return j
+        j += 1
+    return len(text)
+
+
+def nesting_depth(text: str, toml: bool = False, limit: int | None = None) -> int:
+    """How deeply ``text`` (JSON, or TOML with ``toml``) nests, read off the text without parsing it.
+
+    Arrays and objects/inline tables count a level each; in TOML so does each dot of a dotted key or a
+    ``[table.header]`` (``a.b.c = 1`` is three levels). Strings and comments are skipped. With ``limit``,
+    the scan stops as soon as the depth passes it. Linear time, no recursion: this is what keeps a
+    hostile file from ever reaching a recursive parser."""
+    depth = deepest = 0
+    stack: list[str] = []
+    key = toml  # TOML: reading a key (dots nest) rather than a value (dots are decimals)
+    base = 0  # TOML: the levels of the current [table] header
+    dots = 0
+    header = False
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"' or (toml and c == "'"):
+            i = _skip_string(text, i, toml)
+            continue
+        if toml and c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c in "[{":
+            if toml and c == "[" and not stack and key and not header:
+                header, dots, base = True, 0, 0
+                if text.startswith("[[", i):
+                    i += 1
+            else:
+                stack.append(c)
+                key = toml and c == "{"
+                dots = 0
+        elif c in "]}":
+            if header and not stack:
+                base, header, key = dots + 1, False, False
+                if text.startswith("]]", i):
+                    i += 1
+            elif stack:
+                stack.pop()
+                key = False
+        elif toml:
+            if c == "." and key:
+                dots += 1
+            elif c == "=":
+                key = False
+            elif c == "," and stack and stack[-1] == "{":
+                key, dots = True, 0
+            elif c == "\n" and not stack:
+                key, dots, header = True, 0, False
+        depth = len(stack) + (base + dots + (1 if key and toml else 0) if toml else 0)
+        if depth > deepest:
+            deepest = depth
+            if limit is not None and deepest > limit:
+                return deepest
+        i += 1
+    return deepest
+
+
+def _check_depth(text: str, where: str, hint: str | None, toml: bool) -> None:
+    if nesting_depth(text, toml=toml, limit=MAX_DOCUMENT_DEPTH) > MAX_DOCUMENT_DEPTH:
+        raise BadInput(f"{where} is nested too deeply to be a robaudit document (more than {MAX_DOCUMENT_DEPTH} "
+                       "levels)", hint)
+
+
+def parse_json(text: str, where: str = "file", hint: str | None = None) -> Any:
+    """``text`` as JSON after the size and nesting checks, or a one-line BadInput naming ``where``."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise BadInput(f"{where} is too large to be a robaudit document", hint)
+    _check_depth(text, where, hint, toml=False)
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise BadInput(f"{what} {str(path)!r} is not valid JSON: {exc}", hint) from None
+        raise BadInput(f"{where} is not valid JSON: {exc}", hint) from None
+    except RecursionError:  # unreachable after the depth check; kept as the last line of defence
+        raise BadInput(f"{where} is nested too deeply to be a robaudit document", hint) from None
+
+
+def parse_toml(text: str, where: str = "file", hint: str | None = None) -> dict[str, Any]:
+    """``text`` as TOML after the size and nesting checks, or a one-line BadInput naming ``where``."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise BadInput(f"{where} is too large to be a robaudit document", hint)
+    _check_depth(text, where, hint, toml=True)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"{where} is not valid TOML: {exc}", hint) from None
     except RecursionError:
-        raise BadInput(f"{what} {str(path)!r} is nested too deeply to be a robaudit document", hint) from None
+        raise BadInput(f"{where} is nested too deeply to be a robaudit document", hint) from None
+
+
+def read_json(path: Path, what: str = "file", hint: str | None = None) -> Any:
+    """A UTF-8 JSON file, size and nesting checked before parsing, or a one-line BadInput saying why not
+    (every JSON robaudit reads comes through here or :func:`parse_json`: a hostile file must not crash it)."""
+    text = read_text(path, what, hint, max_bytes=MAX_DOCUMENT_BYTES)
+    return parse_json(text, f"{what} {str(path)!r}", hint)
+
+
+def read_toml(path: Path, what: str = "file", hint: str | None = None) -> tuple[dict[str, Any], str]:
+    """A UTF-8 TOML file checked like :func:`read_json`: (its tables, its text)."""
+    text = read_text(path, what, hint, max_bytes=MAX_DOCUMENT_BYTES)
+    return parse_toml(text, f"{what} {str(path)!r}", hint), text
 
 
 def read_model(model: type[M], path: Path, what: str, hint: str | None = None) -> M:
@@ -287,8 +428,8 @@ class OutputLock:
     def owner(self) -> dict | None:
         """The current lock record, or None when there is none or it cannot be read."""
         try:
-            rec = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            rec = parse_json(read_text(self.path, "lock", max_bytes=64 * 1024), "lock")
+        except BadInput:
             return None
         return rec if isinstance(rec, dict) else None
 

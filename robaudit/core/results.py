@@ -3,76 +3,132 @@
 Every number that a choice can alter (clip or not, how zeta is scaled, fooling against the clean
 prediction) is recorded here. ``robaudit/schema/result.schema.json`` is generated from these models
 (``python -m robaudit.core.results`` rewrites it; a test checks it is current).
+
+Values are checked when a result is read, not only its shape: rates and interval ends in [0, 1] with
+lo <= value <= hi, counts non-negative and consistent (k <= n, n = the sum over classes), p in [0, 1], a
+schema of this major version. Every reader (report, gate, audit cache, ``ra.Result``) validates through
+these models, so a hand-edited or corrupted result (a fooling rate of 1.7) is one line naming the field.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from robaudit.core.bounds import Count, Fraction
 from robaudit.core.errors import BadInput
 from robaudit.core.files import read_json, validate
 
 SCHEMA_VERSION = "1.2"  # 1.1: attacker strength (threat model, budget, selection, candidates); 1.2: replicates
-SCHEMA_PATH = Path(__file__).parent / "schema" / "result.schema.json"
+SCHEMA_PATH = Path(__file__).parents[1] / "schema" / "result.schema.json"
+#: slack for float round-off when checking that an interval holds its value
+_TOL = 1e-9
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+def _rate_or_unchecked(x: float) -> float:
+    if x != -1.0 and not 0.0 <= x <= 1.0:
+        raise ValueError(f"{x!r} is neither a rate in [0, 1] nor -1 (no selection check reached)")
+    return x
+
+
+#: a selection rate, or -1 when the build stopped before its first selection check (``Selection.best_rate``)
+SelectionRate = Annotated[float, AfterValidator(_rate_or_unchecked)]
+
+
+def _check_interval(value: float, ci: tuple[float, float], *, holds: bool = True) -> None:
+    lo, hi = ci
+    if lo > hi + _TOL:
+        raise ValueError(f"ci: interval ({lo:g}, {hi:g}) is reversed")
+    if holds and not lo - _TOL <= value <= hi + _TOL:
+        raise ValueError(f"value {value:g} lies outside its interval ({lo:g}, {hi:g})")
+
+
 class Rate(_Model):
     """A proportion k/n with a confidence interval."""
 
-    value: float = Field(description="k / n")
-    ci: tuple[float, float] = Field(description="confidence interval for the proportion")
-    n: int = Field(description="number of images")
-    k: int | None = Field(default=None, description="number of successes")
+    value: Fraction = Field(description="k / n")
+    ci: tuple[Fraction, Fraction] = Field(description="confidence interval for the proportion")
+    n: Count = Field(description="number of images")
+    k: Count | None = Field(default=None, description="number of successes")
     ci_method: str = Field(default="wilson", description="interval method (statsmodels proportion_confint)")
-    confidence: float = 0.95
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rate:
+        _check_interval(self.value, self.ci)
+        if self.k is not None:
+            if self.k > self.n:
+                raise ValueError(f"k: {self.k} successes out of n = {self.n} images")
+            if self.n and abs(self.value - self.k / self.n) > 1e-6:
+                raise ValueError(f"value {self.value:g} is not k / n = {self.k}/{self.n}")
+        return self
 
 
 class TargetedRate(Rate):
     """Targeted success rate, with the clean rate of the target class beside it."""
 
-    clean_rate: float = Field(description="fraction of clean images already predicted as the target")
+    clean_rate: Fraction = Field(description="fraction of clean images already predicted as the target")
 
 
 class ClassBreakdown(_Model):
     index: int
     name: str
-    n: int = Field(description="images whose true label is this class")
-    clean_accuracy: float | None = None
-    adv_accuracy: float | None = None
-    fooling_rate: float | None = None
+    n: Count = Field(description="images whose true label is this class")
+    clean_accuracy: Fraction | None = None
+    adv_accuracy: Fraction | None = None
+    fooling_rate: Fraction | None = None
 
 
 class Metrics(_Model):
-    clean_accuracy: float
-    adv_accuracy: float
+    clean_accuracy: Fraction
+    adv_accuracy: Fraction
     fooling_rate: Rate
     targeted_success_rate: TargetedRate | None = None
     per_class: list[ClassBreakdown] = Field(default_factory=list)
-    confusion: list[list[int]] | None = Field(
+    confusion: list[list[Count]] | None = Field(
         default=None, description="rows: clean prediction, columns: adversarial prediction")
+
+    @model_validator(mode="after")
+    def _counts_agree(self) -> Metrics:
+        total = sum(c.n for c in self.per_class)
+        if self.per_class and self.fooling_rate.n > total:
+            raise ValueError(f"fooling_rate.n: {self.fooling_rate.n} images, more than the {total} of per_class")
+        if self.confusion is not None:
+            k = len(self.confusion)
+            if any(len(row) != k for row in self.confusion):
+                raise ValueError("confusion: not a square matrix")
+            if self.per_class and k != len(self.per_class):
+                raise ValueError(f"confusion: {k} rows for {len(self.per_class)} classes")
+            if self.per_class and sum(map(sum, self.confusion)) != total:
+                raise ValueError(f"confusion: counts {sum(map(sum, self.confusion))} images, per_class {total}")
+        return self
 
 
 class ControlRate(_Model):
     """A rate over K random draws: mean value, interval over draws, and every draw's value."""
 
-    value: float
-    ci: tuple[float, float]
-    draws: list[float] = Field(default_factory=list)
+    value: Fraction
+    ci: tuple[Fraction, Fraction]
+    draws: list[Fraction] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ControlRate:
+        _check_interval(self.value, self.ci, holds=False)  # a t-interval over draws, clipped to [0, 1]
+        return self
 
 
 class Control(_Model):
     kind: str = Field(description="'uniform' (uniform per pixel in the L-inf box / uniform direction "
                       "on the L2 sphere, at exactly the UAP norm) or 'art' (the published draw)")
-    draws: int
+    draws: Count
     norm_value: float | None = Field(default=None, description="Lp norm of each control draw")
     fooling_rate: ControlRate
     targeted_success_rate: ControlRate | None = None
@@ -80,7 +136,7 @@ class Control(_Model):
 
 class Comparison(_Model):
     test: str = Field(description="e.g. 'mcnemar-exact' (UAP vs the median control draw, same images)")
-    p_value: float
+    p_value: Fraction
     statistic: float | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
 
@@ -104,7 +160,7 @@ class ModelInfo(_Model):
 class DataInfo(_Model):
     name: str
     split: str
-    n: int
+    n: Count
     sha256: str | None = None
     view: str | None = Field(default=None, description="label view, e.g. 'referable'")
     path: str | None = None
@@ -113,10 +169,10 @@ class DataInfo(_Model):
 class TrajectoryPoint(_Model):
     """One check of v during a build: after ``images`` source images, ``seconds`` into the build."""
 
-    images: int
+    images: Count
     seconds: float
-    selection_rate: float = Field(description="success on the selection images (held out from the build)")
-    test_rate: float | None = Field(default=None, description="success of that v on the reported split "
+    selection_rate: Fraction = Field(description="success on the selection images (held out from the build)")
+    test_rate: Fraction | None = Field(default=None, description="success of that v on the reported split "
                                     "(measured after the build, never used to choose)")
 
 
@@ -125,12 +181,12 @@ class SelectionInfo(_Model):
 
     split: str = Field(description="'val' or 'train' of the audited task (never the reported split), or "
                        "'held-out photos' (zero-knowledge: scored on the surrogate)")
-    n: int
+    n: Count
     every: int = Field(description="images between checks")
     patience: int | None = None
-    best_rate: float
-    best_at: int = Field(description="images seen when the chosen v was reached")
-    final_rate: float | None = Field(default=None, description="selection rate of the last v of the build")
+    best_rate: SelectionRate
+    best_at: Count = Field(description="images seen when the chosen v was reached")
+    final_rate: Fraction | None = Field(default=None, description="selection rate of the last v of the build")
     plateau: bool = Field(default=False, description="the build stopped early: no gain in `patience` checks")
     trajectory: list[TrajectoryPoint] = Field(default_factory=list)
 
@@ -140,9 +196,9 @@ class Candidate(_Model):
 
     method: str
     seed: int
-    selection_rate: float | None = None
-    source_fooling_rate: float | None = None
-    images_seen: int | None = None
+    selection_rate: SelectionRate | None = None
+    source_fooling_rate: Fraction | None = None
+    images_seen: Count | None = None
     seconds: float | None = None
     chosen: bool = False
     skipped: str | None = Field(default=None, description="why this candidate was not run")
@@ -162,7 +218,7 @@ class AttackInfo(_Model):
     target: int | None = None
     target_name: str | None = None
     source: str | None = None
-    source_n: int | None = None
+    source_n: Count | None = None
     clip: bool = True
     max_iter: int | None = None
     steps: int | None = None
@@ -172,7 +228,7 @@ class AttackInfo(_Model):
     seconds: float | None = None
     device: str | None = None
     uap_norm: float | None = Field(default=None, description="achieved Lp norm of the perturbation")
-    source_fooling_rate: float | None = None
+    source_fooling_rate: Fraction | None = None
     interrupted: bool = False
     threat_model: Literal["white-box natural", "zero-knowledge surrogate", "training images", "other"] | None = None
     surrogate: str | None = Field(default=None, description="the model the UAP was built on, when not the audited one")
@@ -192,7 +248,7 @@ class EpsilonResult(_Model):
 class MinNorm(_Model):
     median: float
     quantiles: dict[str, float]
-    success_rate: float
+    success_rate: Fraction
     values: list[float] = Field(default_factory=list)
 
 
@@ -204,8 +260,8 @@ class PooledInfo(_Model):
     paired t-test of (UAP - control) over replicates."""
 
     replicates: list[int]
-    rates: list[float]
-    control_rates: list[float] = Field(default_factory=list)
+    rates: list[Fraction]
+    control_rates: list[Fraction] = Field(default_factory=list)
     attack_seeds: int = Field(1, description="attack seeds per replicate (their rates are averaged first)")
     between_replicate_sd: float | None = Field(default=None, description="SD of the replicate rates")
     within_replicate_sd: float | None = Field(default=None, description="mean SD over attack seeds within a "
@@ -233,6 +289,25 @@ class Result(_Model):
     pooled: PooledInfo | None = Field(default=None, description="set on a row pooled over training replicates")
     artifacts: dict[str, str] = Field(default_factory=dict, description="file names in the run folder")
     notes: list[str] = Field(default_factory=list)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _same_major(cls, v: str) -> str:
+        got, ours = _major_minor(v), _major_minor(SCHEMA_VERSION)
+        if got is None:
+            raise ValueError(f"{v!r} is not MAJOR.MINOR")
+        if got[0] != ours[0] or got > ours:
+            raise ValueError(f"{v} is not a result schema this robaudit reads ({ours[0]}.0 to {SCHEMA_VERSION})")
+        return v
+
+    @model_validator(mode="after")
+    def _uap_counts(self) -> Result:
+        m = self.metrics
+        if self.attack.kind == "uap" and m is not None and m.per_class:
+            total = sum(c.n for c in m.per_class)
+            if m.fooling_rate.n != total:
+                raise ValueError(f"metrics.fooling_rate.n: {m.fooling_rate.n} images, but per_class sums to {total}")
+        return self
 
     def primary_rate(self) -> Rate | None:
         """The rate a UAP cell is judged on: targeted success for a targeted UAP, else the fooling rate."""

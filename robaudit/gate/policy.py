@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, model_validator
 
 from robaudit.core.errors import BadInput
+from robaudit.core.files import read_toml
 from robaudit.gate.rules import RULE_KINDS, RULES, _Strict
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 Rule = Annotated[Union[RULES], Field(discriminator="kind")]
 
@@ -73,10 +68,5 @@ def load_policy(path: str | Path) -> Policy:
     p = Path(path)
     if not p.is_file():
         raise BadInput(f"policy file {str(p)!r} does not exist", "see docs/policy.example.toml")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"policy file {str(p)!r} cannot be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"policy file {str(p)!r} is not valid TOML: {exc}") from None
+    data, _ = read_toml(p, "policy file", "see docs/policy.example.toml")  # size and nesting checked first
     return parse_policy(data, f"policy {str(p)!r}")
