@@ -73,3 +73,19 @@ def test_uap_options_are_the_settings_fields():
     extra = set(params) - set(UAPSpec.model_fields) - {"init", "out", "json_out", "no_report"}
     assert not extra, f"robaudit uap options outside the settings model: {sorted(extra)}"
     assert set(UAPConfig.model_fields) < set(UAPSpec.model_fields)
+
+
+def test_bounds_are_in_the_dtype_of_use_for_cli_and_library(capsys):
+    """eps = 1e39 is finite in float64 and inf in the float32 tensor v: refused by the one settings model,
+    with the CLI's flag name on the command line and the keyword's name in the library."""
+    import pytest
+
+    import robaudit as ra
+    from robaudit.cli import main
+
+    code = main(["uap", "--model", "pneumonia-mini_tf_efficientnet_lite0", "--eps", "1e39"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--eps" in err and "float32" in err and "Traceback" not in err
+    for bad in (dict(eps=1e39), dict(step_size=1e-50), dict(zeta=float("inf"))):
+        with pytest.raises(ra.BadInput, match=rf"^{next(iter(bad))}: "):
+            ra.uap("pneumonia-mini_tf_efficientnet_lite0", **bad)

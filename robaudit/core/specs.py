@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import to_json
 
+from robaudit.core.bounds import Float32, PositiveFloat32
 from robaudit.core.errors import BadInput
 from robaudit.core.files import validate
 
@@ -66,18 +67,18 @@ class UAPConfig(BaseModel):
     eval_limit: int | None = Field(None, ge=1, description="evaluate on N images of the split (seeded subset)")
     source_limit: int | None = Field(None, ge=1, description="use N source images (seeded subset)")
     norm: Norm = Field("l2", description="linf or l2")
-    # finite only: inf passes "> 0" and would fail as NaN far into the run
-    zeta: float | None = Field(None, allow_inf_nan=False,
+    # finite in float32, the dtype v is built in: inf passes "> 0" and 1e39 overflows to inf in the tensor
+    zeta: Float32 | None = Field(None,
                                description="eps as a fraction of the mean Lp norm of the task's training images "
                                "(default 0.04)")
-    eps: float | None = Field(None, allow_inf_nan=False, description="absolute eps in [0,1] pixel units")
+    eps: Float32 | None = Field(None, description="absolute eps in [0,1] pixel units")
     method: Method = Field("best", description="fgsm (published), sgd, deepfool, or best (the strongest of fgsm and "
                            "sgd, and deepfool when affordable, by the selection split)")
     mode: Literal["batched", "reference"] = Field("batched", description="batched (fast) or reference (ART's exact "
                                                   "sequential loop, fgsm only)")
     target: str | None = Field(None, description="targeted UAP: class index or name")
     max_iter: int | None = Field(None, ge=1, description="passes over the source (plain sources; a stream: 1)")
-    step_size: float | None = Field(None, gt=0, allow_inf_nan=False,
+    step_size: PositiveFloat32 | None = Field(None,
                                     description="step size in [0,1] pixel units (batched fgsm: the first step of the "
                                     "linear schedule; default twice eps/10 for linf, eps/sqrt(d)/10 for l2)")
     batch_size: int = Field(32, ge=1, description="images per attack step")
