@@ -80,12 +80,11 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="Print the model card JSON on stdout.")] = False,
 ) -> None:
     """Fine-tune (ImageNet init) or train from scratch (random init) a zoo model and store it."""
+    from robaudit.commands._options import deprecated
     from robaudit.core.console import err, print_json
     from robaudit.core.files import validate
     from robaudit.models.train import TrainConfig, check_trainable, train_model
     from robaudit.models.zoo import with_replicate
-
-    from robaudit.commands._options import deprecated
 
     augment = deprecated(augment_old, "--augment", "--train-augment", augment, default=True)
     cfg = validate(TrainConfig, dict(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
