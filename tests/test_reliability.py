@@ -585,10 +585,12 @@ def test_audit_whose_cells_all_failed_exits_3(tmp_path, capsys):
 
 # ------------------------------------------------------------- issue 28: mechanisms, not cases
 # Every stop signal is Ctrl-C. The child is the real CLI; a hook prints "working" on stdout once the
-# command's inner loop has run ``after`` steps (so the signal lands in the work, not in the imports).
+# command's inner loop has run ``after`` steps (so the signal lands in the work, not in the imports), and
+# slows each later step so the work cannot finish before the signal arrives.
 CHILD = """
-import sys
 import importlib
+import sys
+import time
 mod, attr, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
 owner = importlib.import_module(mod)
 *path, name = attr.split(".")
@@ -599,6 +601,8 @@ def hooked(*a, **k):
     calls[0] += 1
     if calls[0] == after:
         print("working", flush=True)
+    if calls[0] >= after:
+        time.sleep(0.05)  # the work goes on (slowly) until the signal lands, however loaded the machine
     return real(*a, **k)
 setattr(owner, name, hooked)
 from robaudit.cli import main
