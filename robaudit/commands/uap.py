@@ -81,9 +81,8 @@ def uap(
     run = run_spec(spec, out=out_dir, quiet=json_out, init=init_v)
     if not is_main():  # under torchrun only rank 0 writes reports and prints
         return
-    if not no_report:
-        write_reports_best_effort(run.result, out_dir, out_dir / "result.json")
+    written = {} if no_report else write_reports_best_effort(run.result, out_dir, out_dir / "result.json")
     if json_out:
         print_json(json.loads(run.result.model_dump_json()))
     else:
-        print_uap_summary(run.result, out_dir)
+        print_uap_summary(run.result, out_dir, reports=list(written.values()))
