@@ -273,7 +273,8 @@ def build(prep: Prepared, quiet: bool) -> UAPOutcome:
             sgd_cost = per_image
         sel = outcome.selection
         prep.candidates.append(Candidate(method=method, seed=seed,
-                                         selection_rate=sel.best_rate if sel is not None else None,
+                                         selection_rate=sel.best_rate if sel is not None and sel.best_rate >= 0
+                                         else None,  # -1: stopped before the first check
                                          source_fooling_rate=outcome.source_fooling_rate,
                                          images_seen=outcome.images_seen, seconds=outcome.seconds))
         if outcome.interrupted or best is None or _strength(outcome) > _strength(best):
