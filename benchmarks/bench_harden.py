@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from robaudit.audit.mitigation import ReauditConfig, compare_hardened
-from robaudit.eval.harden import HardenConfig, harden_model
 from robaudit.models.store import is_trained
 from robaudit.models.train import TrainConfig, train_model
+from robaudit.training.harden import HardenConfig, harden_model
 
 HERE = Path(__file__).resolve().parent
 TRAIN = dict(epochs=2, image_size=64, train_limit=1500, balanced=True)

@@ -22,7 +22,7 @@ def hardened(trained, tmp_path_factory):
     """The session model, hardened with the defaults (4 epochs on its 1,500 training images), re-audited with
     photo and training-image UAPs rebuilt against each model."""
     from robaudit.audit.mitigation import ReauditConfig, compare_hardened
-    from robaudit.eval.harden import HardenConfig, harden_model
+    from robaudit.training.harden import HardenConfig, harden_model
 
     trained(NAME)
     card = harden_model(NAME, HardenConfig(train_limit=1500), device="cpu", quiet=True)
@@ -55,8 +55,8 @@ def test_photo_and_training_image_uaps_fall_significantly_within_accuracy_tolera
 
 def test_card_records_how_and_keeps_the_reaudit_apart(hardened):
     from robaudit.data import load_task
-    from robaudit.eval.harden import HardenConfig, audit_photo_items, hardening_photos, validation_indices
     from robaudit.models.store import is_trained
+    from robaudit.training.harden import HardenConfig, audit_photo_items, hardening_photos, validation_indices
 
     card, doc, _ = hardened
     assert card.name == NAME + "_hardened" and is_trained(card.name)
@@ -83,8 +83,8 @@ def test_card_records_how_and_keeps_the_reaudit_apart(hardened):
 def test_resume_gives_the_same_weights(trained, tmp_path):
     """An interrupted hardening resumed from its epoch checkpoint ends with the uninterrupted run's weights."""
     from robaudit.core.errors import Interrupted
-    from robaudit.eval.harden import HardenConfig, harden_model
     from robaudit.models.store import load_state, model_dir
+    from robaudit.training.harden import HardenConfig, harden_model
 
     trained(NAME)
     ckpt = tmp_path / "pneu_copy.safetensors"

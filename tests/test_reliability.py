@@ -682,7 +682,7 @@ def test_every_stop_signal_during_harden_keeps_the_finished_epoch(work, home, tm
     """Hardening resumes after its last finished epoch for every stop signal, not only Ctrl-C."""
     args = ["harden", "--checkpoint", work[0] / "tiny.safetensors", "--arch", "resnet10t", "--epochs", "50",
             "--train-limit", "16", "--batch-size", "8", "--no-reaudit", "--device", "cpu", "--select-limit", "8"]
-    code, err = signalled(args, sig, ("robaudit.eval.harden", "augment", 3), tmp_path)
+    code, err = signalled(args, sig, ("robaudit.training.harden", "augment", 3), tmp_path)
     assert_stopped(code, err, sig, "resumes after the last finished epoch")
     assert list(home.rglob("harden_state.json"))
 

@@ -4,7 +4,7 @@ The re-audit runs the same UAP cells (natural photos, training images, zero-know
 targeted) on the original and on the hardened model, on the same test images, each UAP rebuilt from
 scratch against the model it is measured on (method ``best``). Its attacker shares nothing with the
 hardening attacker: photos and selection images are drawn with the audit seed and were set apart
-from hardening (see :mod:`robaudit.eval.harden`), and the audit seed must differ from the hardening
+from hardening (see :mod:`robaudit.training.harden`), and the audit seed must differ from the hardening
 seed. Before/after fooling rates are compared with exact McNemar tests on the same images (Holm over
 the pairs); fooling is always against each model's own clean prediction, so a model that collapses to
 one class is caught by its clean and balanced accuracy change (paired bootstrap intervals), not
@@ -35,10 +35,10 @@ from robaudit.core.console import info, progress, warn
 from robaudit.core.errors import BadInput, RuntimeFailure
 from robaudit.core.files import OutputLock, preflight_dir, write_json
 from robaudit.core.specs import UAPSpec
-from robaudit.eval.harden import HardenConfig, harden_model
 from robaudit.models import load_model_and_task
 from robaudit.models.store import is_trained, model_dir, read_card
 from robaudit.models.zoo import hardened_name, is_hardened_name, split_replicate
+from robaudit.training.harden import HardenConfig, harden_model
 
 
 def _record(card) -> dict:

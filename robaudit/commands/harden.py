@@ -60,7 +60,7 @@ def harden(
         raise BadInput("give a zoo MODEL or --checkpoint PATH (with --arch), not both or neither",
                        "e.g. robaudit harden pneumonia_tf_efficientnet_lite0")
     from robaudit.audit.mitigation import ReauditConfig, compare_hardened
-    from robaudit.eval.harden import HardenConfig, harden_model, replicates_of
+    from robaudit.training.harden import HardenConfig, harden_model, replicates_of
 
     cfg = validate(HardenConfig, dict(epochs=epochs, lr=lr, batch_size=batch_size, norm=norm.lower(), zeta=zeta,
                                       source=source, attacker=attacker, adv_weight=adv_weight,

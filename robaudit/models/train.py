@@ -13,7 +13,6 @@ interrupted run resumes from the last finished epoch with the same result as an 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 
@@ -22,16 +21,14 @@ import timm
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
 
-from robaudit.core.console import info, progress
 from robaudit.core.device import resolve_device
-from robaudit.core.errors import BadInput, RuntimeFailure
-from robaudit.core.files import atomic_write_text
+from robaudit.core.errors import BadInput
 from robaudit.core.provenance import now_iso, versions
 from robaudit.data import load_task
 from robaudit.models.factory import create_backbone
-from robaudit.models.normalize import Normalized, channels_last_model
+from robaudit.models.fit import Checkpoint, FitPlan, clear_checkpoint, fit, train_mode
+from robaudit.models.normalize import Normalized
 from robaudit.models.store import ModelCard, model_dir, save_model
 from robaudit.models.zoo import DEFAULT_IMAGE_SIZE, parse_zoo_name
 
@@ -89,14 +86,6 @@ def set_trainable(net, transfer: str, top_k: int | None) -> None:
                 names[n].requires_grad_(True)
 
 
-def frozen_modules_eval(net) -> None:
-    """Keep BatchNorm of fully frozen modules in eval mode so frozen features stay the ImageNet ones."""
-    for m in net.modules():
-        params = list(m.parameters(recurse=False))
-        if params and not any(p.requires_grad for p in params) and "Norm" in type(m).__name__:
-            m.eval()
-
-
 def augment(x, cfg: TrainConfig, gen):
     """Per-image random rotation (+-rotation deg), shift (+-shift) and horizontal flip, in one batched warp."""
 
@@ -113,17 +102,6 @@ def augment(x, cfg: TrainConfig, gen):
     theta[:, :, 2] = (r[:, 2:] * 2 - 1) * cfg.shift * 2  # grid units span [-1, 1]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def descend(loss, opt, sched, where: str) -> None:
-    """One optimiser and scheduler step on ``loss``; a non-finite loss stops the run (RuntimeFailure) before it
-    poisons the weights and the epoch checkpoint."""
-    if not torch.isfinite(loss):
-        raise RuntimeFailure(f"{where} (loss {loss.item()})", "lower --lr")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sched.step()
 
 
 def evaluate_accuracy(module, x, y, batch_size: int = 256) -> tuple[float, object]:
@@ -166,72 +144,39 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
     x_va, y_va = task.tensors("val", size=cfg.image_size) if "val" in task.splits else (x_tr[:0], y_tr[:0])
     lr = cfg.lr or _default_lr(recipe.transfer)
     params = [p for p in net.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                pct_start=0.15)
-    weights = None
-    if cfg.balanced:
-        counts = np.bincount(y_tr.numpy(), minlength=task.num_classes).astype(float)
-        weights = torch.as_tensor(1.0 / np.maximum(counts, 1)[y_tr.numpy()], dtype=torch.double)
+    best, best_state = {"val_accuracy": -1.0, "epoch": -1}, None
+
+    def loss_fn(fast, xb, yb, gen, step):
+        train_mode(model, net)
+        out = fast(xb)
+        loss = F.cross_entropy(out, yb)
+        return loss, {"correct": int((out.argmax(1) == yb).sum())}
+
+    def on_epoch(epoch, t):
+        nonlocal best, best_state
+        val_acc, _ = evaluate_accuracy(model, x_va, y_va) if len(x_va) else (t["correct"] / t["n"], None)
+        if val_acc > best["val_accuracy"]:
+            best = {"val_accuracy": val_acc, "epoch": epoch}
+            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        return {"loss": t["loss"] / t["n"], "train_accuracy": t["correct"] / t["n"], "val_accuracy": val_acc}
+
+    def extra():
+        return {f"best.{k}": v.contiguous() for k, v in (best_state or {}).items()}, {"best": best}
+
+    def restore(saved, meta):
+        nonlocal best, best_state
+        best_state = {k[5:]: v for k, v in saved.items() if k.startswith("best.")} or None
+        best = meta["best"]
 
     d = model_dir(name)
-    fp = cfg.fingerprint(name)
-    state_file, meta_file = d / "train_state.safetensors", d / "train_state.json"
-    start_epoch, best = 0, {"val_accuracy": -1.0, "epoch": -1}
-    best_state, history = None, []
-    if resume and meta_file.is_file() and state_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        if meta.get("fingerprint") == fp:
-            saved = load_file(str(state_file))
-            net.load_state_dict({k[4:]: v for k, v in saved.items() if k.startswith("net.")})
-            best_state = {k[5:]: v for k, v in saved.items() if k.startswith("best.")} or None
-            opt.load_state_dict(unflatten_optimizer(saved, meta["optimizer"]))
-            sched.load_state_dict(meta["scheduler"])
-            start_epoch, best, history = meta["epoch"] + 1, meta["best"], meta.get("history", [])
-            if not quiet:
-                info(f"resuming {name} after epoch {start_epoch} of {cfg.epochs}")
-
+    ckpt = Checkpoint(d / "train_state.safetensors", d / "train_state.json", cfg.fingerprint(name), extra, restore)
+    plan = FitPlan(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=lr, weight_decay=cfg.weight_decay,
+                   seed=run_seed, optimizer=cfg.optimizer, balanced=cfg.balanced, num_classes=task.num_classes)
     t0 = time.time()
-    # NHWC convolutions train 1.5-2x faster in oneDNN/cuDNN; the weights are back in NCHW after the loop
-    with progress(disable=quiet) as prog, channels_last_model(model) as fast:
-        memory_format = "contiguous" if fast is model else "channels_last"
-        bar = prog.add_task(f"train {name}", total=cfg.epochs * steps_per_epoch, status="",
-                            completed=start_epoch * steps_per_epoch)
-        for epoch in range(start_epoch, cfg.epochs):
-            gen = torch.Generator().manual_seed(run_seed * 1000 + epoch)
-            if weights is not None:
-                order = torch.multinomial(weights, len(x_tr), replacement=True, generator=gen)
-            else:
-                order = torch.randperm(len(x_tr), generator=gen)
-            model.train()
-            frozen_modules_eval(net)
-            total, correct, loss_sum = 0, 0, 0.0
-            for s in range(steps_per_epoch):
-                b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                xb = augment(x_tr[b], cfg, gen).to(dev)
-                yb = y_tr[b].to(dev)
-                out = fast(xb)
-                loss = torch.nn.functional.cross_entropy(out, yb)
-                descend(loss, opt, sched, f"training diverged at epoch {epoch + 1}")
-                total += len(b)
-                correct += int((out.argmax(1) == yb).sum())
-                loss_sum += loss.item() * len(b)
-                prog.update(bar, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / total:.3f}")
-            val_acc, _ = evaluate_accuracy(model, x_va, y_va) if len(x_va) else (correct / total, None)
-            history.append({"epoch": epoch + 1, "loss": loss_sum / total, "train_accuracy": correct / total,
-                            "val_accuracy": val_acc})
-            if val_acc > best["val_accuracy"]:
-                best = {"val_accuracy": val_acc, "epoch": epoch}
-                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            # checkpoint the finished epoch (atomic), so Ctrl-C loses at most the running epoch
-            flat = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-            flat.update({f"best.{k}": v.contiguous() for k, v in (best_state or {}).items()})
-            save_epoch(state_file, meta_file, flat, opt, sched,
-                       {"fingerprint": fp, "epoch": epoch, "best": best, "history": history})
+    fitted = fit(model, net, x_tr, y_tr, plan, ckpt, loss_fn=loss_fn, on_epoch=on_epoch,
+                 augment=lambda x, gen: augment(x, cfg, gen), label=f"train {name}", activity="training",
+                 resuming=name, resume=resume, quiet=quiet)
+    history = fitted.history
 
     net.load_state_dict(best_state)
     model.eval()
@@ -251,49 +196,13 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
                  "seconds": time.time() - t0},
         train=cfg.model_dump() | {"lr": lr, "device": str(dev), "n_train": len(x_tr), "replicate": recipe.replicate,
                                   "run_seed": run_seed,
-                                  "memory_format": memory_format,
+                                  "memory_format": fitted.memory_format,
                                   "trainable_params": sum(p.numel() for p in params), "history": history},
         data_sha256={s: task.sha256(s) for s in task.splits}, versions=versions(),
         created=now_iso())
     save_model(net, card)
-    for f in (state_file, meta_file):
-        f.unlink(missing_ok=True)
+    clear_checkpoint(ckpt)
     return card
-
-
-def save_epoch(state_file, meta_file, tensors: dict, opt, sched, meta: dict) -> None:
-    """Checkpoint a finished epoch: ``tensors`` plus the optimizer state (safetensors, replaced atomically),
-    then ``meta`` with the optimizer and scheduler metadata (JSON, atomic; written last, so a resume that
-    finds it finds matching tensors)."""
-    opt_tensors, opt_meta = flatten_optimizer(opt.state_dict())
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = state_file.with_suffix(".tmp")
-    save_file({**tensors, **opt_tensors}, str(tmp))
-    tmp.replace(state_file)
-    atomic_write_text(meta_file, json.dumps({**meta, "optimizer": opt_meta, "scheduler": sched.state_dict()},
-                                            default=float))
-
-
-def flatten_optimizer(state: dict) -> tuple[dict, dict]:
-    """Split an optimizer state dict into tensors (for safetensors) and JSON metadata."""
-
-    tensors, meta_state = {}, {}
-    for pid, st in state["state"].items():
-        meta_state[str(pid)] = {}
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
-                meta_state[str(pid)][k] = "__tensor__"
-            else:
-                meta_state[str(pid)][k] = v
-    return tensors, {"state": meta_state, "param_groups": state["param_groups"]}
-
-
-def unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    state = {}
-    for pid, st in meta["state"].items():
-        state[int(pid)] = {k: (tensors[f"opt.{pid}.{k}"] if v == "__tensor__" else v) for k, v in st.items()}
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def check_trainable(name: str) -> None:

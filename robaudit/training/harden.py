@@ -12,15 +12,15 @@ them) are removed from the hardening photos; the re-audit's selection images (``
 images drawn with ``audit_seed + 1``) are removed from the validation images monitored here; and the
 hardening seed must differ from every audit seed. The card records all of it.
 
-Each finished epoch is checkpointed (``harden_state.safetensors`` + ``harden_state.json``, keyed by a
-fingerprint of the config and the source weights), so an interrupted run resumes to the same weights.
+The loop, sampling and epoch checkpoints are training's (:func:`robaudit.models.fit.fit`); this module is
+the loss hook (ascent on ``v``, then the mixed loss) and what an epoch records. Each finished epoch is
+checkpointed (``harden_state.safetensors`` + ``harden_state.json``, keyed by a fingerprint of the config
+and the source weights), so an interrupted run resumes to the same weights.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -29,32 +29,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from safetensors.torch import load_file
 from sklearn.metrics import balanced_accuracy_score
 
 from robaudit.attacks.lp import perturb
 from robaudit.attacks.predict import predict
 from robaudit.attacks.uap.registry import create, lookup
 from robaudit.attacks.uap.state import UAPSettings, UAPState
-from robaudit.core.console import info, progress
 from robaudit.core.device import resolve_device
 from robaudit.core.errors import BadInput, Interrupted
 from robaudit.core.provenance import now_iso, versions
 from robaudit.core.specs import Norm
 from robaudit.data import load_source
 from robaudit.models import load_model_and_task
-from robaudit.models.normalize import channels_last_model
+from robaudit.models.fit import Checkpoint, FitPlan, clear_checkpoint, fit, train_mode
 from robaudit.models.store import ModelCard, is_trained, model_dir, save_model, trained_names
-from robaudit.models.train import (
-    TrainConfig,
-    augment,
-    descend,
-    evaluate_accuracy,
-    frozen_modules_eval,
-    save_epoch,
-    set_trainable,
-    unflatten_optimizer,
-)
+from robaudit.models.train import TrainConfig, augment, evaluate_accuracy, set_trainable
 from robaudit.models.zoo import hardened_name, split_replicate
 
 STATE, STATE_META = "harden_state.safetensors", "harden_state.json"
@@ -182,73 +171,39 @@ def harden_model(name: str | None = None, config: HardenConfig | None = None, *,
     entry = lookup(cfg.attacker, "batched")
     inner = create(entry, {"schedule": "constant"} if cfg.attacker == "fgsm" else {})
 
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = math.ceil(len(x_tr) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
-    weights = None
-    if balanced:
-        counts = np.bincount(y_tr.numpy(), minlength=task.num_classes).astype(float)
-        weights = torch.as_tensor(1.0 / np.maximum(counts, 1)[y_tr.numpy()], dtype=torch.double)
+    v = torch.zeros(1, 3, size, size, device=dev)
+
+    def loss_fn(fast, xb, yb, gen, step):
+        nonlocal v
+        v = _attack_step(fast, inner, cfg, eps, v, xb, yb, photos, gen, dev, seed=cfg.seed * 1_000_003 + step)
+        train_mode(module, net)
+        out = fast(torch.cat([xb, perturb(xb, v, True)]))
+        n = len(xb)
+        loss = (1 - cfg.adv_weight) * F.cross_entropy(out[:n], yb) + cfg.adv_weight * F.cross_entropy(out[n:], yb)
+        return loss, {"clean_correct": int((out[:n].argmax(1) == yb).sum()),
+                      "adv_correct": int((out[n:].argmax(1) == yb).sum())}
+
+    def on_epoch(epoch, t):
+        module.eval()
+        row = {"loss": t["loss"] / t["n"], "train_clean_accuracy": t["clean_correct"] / t["n"],
+               "train_adv_accuracy": t["adv_correct"] / t["n"], "uap_norm": _norm(v, cfg.norm)}
+        return row | _val_metrics(module, x_va, y_va, v, dev)
+
+    def restore(saved, meta):
+        nonlocal v
+        v = saved["uap"].to(dev)
 
     d = model_dir(out_name)
-    fp = cfg.fingerprint(out_name, card0.weights_sha256)
-    state_file, meta_file = d / STATE, d / STATE_META
-    v = torch.zeros(1, 3, size, size, device=dev)
-    start, history = 0, []
-    if resume and meta_file.is_file() and state_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        if meta.get("fingerprint") == fp:
-            saved = load_file(str(state_file))
-            net.load_state_dict({k[4:]: t for k, t in saved.items() if k.startswith("net.")})
-            v = saved["uap"].to(dev)
-            opt.load_state_dict(unflatten_optimizer(saved, meta["optimizer"]))
-            sched.load_state_dict(meta["scheduler"])
-            start, history = meta["epoch"] + 1, meta["history"]
-            if not quiet:
-                info(f"resuming hardening of {card0.name} after epoch {start} of {cfg.epochs}")
-
+    ckpt = Checkpoint(d / STATE, d / STATE_META, cfg.fingerprint(out_name, card0.weights_sha256),
+                      extra=lambda: ({"uap": v.detach().cpu().contiguous()}, {}), restore=restore)
+    plan = FitPlan(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                   seed=cfg.seed, balanced=balanced, num_classes=task.num_classes)
     t0 = time.time()
     try:
-        with progress(disable=quiet) as prog, channels_last_model(module) as fast:
-            bar = prog.add_task(f"harden {card0.name}", total=cfg.epochs * steps, completed=start * steps, status="")
-            for epoch in range(start, cfg.epochs):
-                gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-                order = (torch.multinomial(weights, len(x_tr), replacement=True, generator=gen) if weights is not None
-                         else torch.randperm(len(x_tr), generator=gen))
-                stats = {"loss": 0.0, "clean_correct": 0, "adv_correct": 0, "n": 0}
-                for s in range(steps):
-                    b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                    xb, yb = augment(x_tr[b], aug, gen).to(dev), y_tr[b].to(dev)
-                    v = _attack_step(fast, inner, cfg, eps, v, xb, yb, photos, gen, dev,
-                                     seed=cfg.seed * 1_000_003 + epoch * steps + s)
-                    module.train()
-                    frozen_modules_eval(net)
-                    out = fast(torch.cat([xb, perturb(xb, v, True)]))
-                    n = len(b)
-                    loss = ((1 - cfg.adv_weight) * F.cross_entropy(out[:n], yb)
-                            + cfg.adv_weight * F.cross_entropy(out[n:], yb))
-                    descend(loss, opt, sched, f"hardening diverged at epoch {epoch + 1}")
-                    stats["loss"] += loss.item() * n
-                    stats["clean_correct"] += int((out[:n].argmax(1) == yb).sum())
-                    stats["adv_correct"] += int((out[n:].argmax(1) == yb).sum())
-                    stats["n"] += n
-                    prog.update(bar, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss "
-                                f"{stats['loss'] / stats['n']:.3f}")
-                    if should_stop is not None and should_stop():
-                        raise KeyboardInterrupt
-                module.eval()
-                row = {"epoch": epoch + 1, "loss": stats["loss"] / stats["n"],
-                       "train_clean_accuracy": stats["clean_correct"] / stats["n"],
-                       "train_adv_accuracy": stats["adv_correct"] / stats["n"], "uap_norm": _norm(v, cfg.norm)}
-                row.update(_val_metrics(module, x_va, y_va, v, dev))
-                history.append(row)
-                flat = {f"net.{k}": t.detach().cpu().contiguous() for k, t in net.state_dict().items()}
-                flat["uap"] = v.detach().cpu().contiguous()
-                save_epoch(state_file, meta_file, flat, opt, sched, {"fingerprint": fp, "epoch": epoch,
-                                                                     "history": history})
-                if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg.epochs:
-                    raise KeyboardInterrupt
+        history = fit(module, net, x_tr, y_tr, plan, ckpt, loss_fn=loss_fn, on_epoch=on_epoch,
+                      augment=lambda x, gen: augment(x, aug, gen), label=f"harden {card0.name}",
+                      activity="hardening", resuming=f"hardening of {card0.name}", resume=resume, quiet=quiet,
+                      should_stop=should_stop, stop_after=stop_after).history
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: hardening of {card0.name} resumes after the last finished epoch; re-run "
                           "the same command") from None
@@ -274,8 +229,7 @@ def harden_model(name: str | None = None, config: HardenConfig | None = None, *,
                                                "versions": versions()})
     card.harden = record  # ModelCard allows extra fields: how this model was made
     save_model(net, card)
-    for f in (state_file, meta_file):
-        f.unlink(missing_ok=True)
+    clear_checkpoint(ckpt)
     return card
 
 
