@@ -13,6 +13,7 @@ import base64
 import functools
 import html.parser
 import json
+import math
 import os
 import re
 import shutil
@@ -616,17 +617,24 @@ def test_pdf_without_chromium_is_one_clear_line(real_run, tmp_path, monkeypatch,
 # ------------------------------------------------------------------------------------- plot helpers
 
 
-@pytest.mark.parametrize("obj, shape", [
-    ({"rows": ["a", "b"], "cols": ["x"], "values": [[0.1], [None]]}, (2, 1)),
-    ({"sources": ["a"], "targets": ["x", "y"], "fooling_rate": [[0.2, {"value": 0.3}]]}, (1, 2)),
-    ({"a": {"x": 0.5, "y": 0.1}, "b": {"x": {"value": 0.2}}}, (2, 2)),
-    ({"matrix": {"a": {"x": 0.5}}, "metric": "targeted success"}, (1, 1)),
-])
-def test_transfer_matrix_shapes(obj, shape):
+def test_transfer_matrix_in_the_audit_shape():
     from robaudit.report.plots import parse_matrix
 
-    rows, cols, vals, _ = parse_matrix(obj)
-    assert (len(rows), len(cols)) == shape and len(vals) == shape[0]
+    rows, cols, vals, metric = parse_matrix({"rows": ["a", "b"], "cols": ["x"], "values": [[0.1], [None]],
+                                             "metric": "fooling rate"})
+    assert (rows, cols, metric) == (["a", "b"], ["x"], "fooling rate")
+    assert vals[0] == [0.1] and math.isnan(vals[1][0])
+
+
+@pytest.mark.parametrize("obj", [
+    {"sources": ["a"], "targets": ["x", "y"], "fooling_rate": [[0.2, 0.3]]},
+    {"a": {"x": 0.5, "y": 0.1}, "b": {"x": 0.2}},
+    {"matrix": {"a": {"x": 0.5}}, "metric": "targeted success"},
+])
+def test_transfer_matrix_other_spellings_are_not_read(obj):
+    from robaudit.report.plots import parse_matrix
+
+    assert parse_matrix(obj) is None
 
 
 def test_unreadable_transfer_matrix_is_skipped():

@@ -38,20 +38,19 @@ from robaudit.attacks.backends import (
     resolve,
 )
 from robaudit.attacks.lp import lp_norm, project
+from robaudit.attacks.outcomes import outcome_metrics
 from robaudit.attacks.predict import model_device, predict
 from robaudit.core.console import task_progress
 from robaudit.core.errors import BadInput, RuntimeFailure
 from robaudit.core.provenance import environment, now_iso
 from robaudit.core.results import (
     AttackInfo,
-    ClassBreakdown,
     DataInfo,
     EpsilonResult,
     Metrics,
     MinNorm,
     ModelInfo,
     Result,
-    TargetedRate,
 )
 from robaudit.core.stats import rate
 
@@ -234,28 +233,11 @@ def _checked(adv, x: Tensor, cfg: AttackConfig, backend: str) -> Tensor:
 
 
 def _metrics(clean: Tensor, adv: Tensor, y: Tensor, idx: Tensor, names: list[str], target: int | None) -> Metrics:
-    """Accuracies, success (as ``fooling_rate``), targeted success, per-class rows and confusion at one eps."""
+    """The shared metrics block at one eps: success is misclassification, rated over the attacked images."""
     c, a, t = clean.numpy(), adv.numpy(), y.numpy()
     attacked = np.zeros(len(t), dtype=bool)
     attacked[idx.numpy()] = True
-    wrong = a != t
-    targeted = None
-    if target is not None:
-        hits = rate((a == target)[attacked])
-        targeted = TargetedRate(**hits.model_dump(), clean_rate=float(np.mean(c == target)))
-    per_class = []
-    for k, name in enumerate(names):
-        m = t == k
-        n_att = int((m & attacked).sum())
-        per_class.append(ClassBreakdown(
-            index=k, name=name, n=int(m.sum()), clean_accuracy=float(np.mean(c[m] == k)) if m.any() else None,
-            adv_accuracy=float(np.mean(a[m] == k)) if m.any() else None,
-            fooling_rate=float(np.mean(wrong[m & attacked])) if n_att else None))
-    confusion = np.zeros((len(names), len(names)), dtype=int)
-    np.add.at(confusion, (c, a), 1)
-    return Metrics(clean_accuracy=float(np.mean(c == t)), adv_accuracy=float(np.mean(a == t)),
-                   fooling_rate=rate(wrong[attacked]), targeted_success_rate=targeted, per_class=per_class,
-                   confusion=confusion.tolist())
+    return outcome_metrics(c, a, t, names, success=a != t, counted=attacked, target=target)
 
 
 def _min_norm(found: Tensor, n_attacked: int) -> MinNorm | None:

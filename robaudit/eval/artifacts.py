@@ -40,12 +40,20 @@ ARTIFACTS = {"perturbation": "uap.npy", "perturbation_png": "uap.png", "examples
              "predictions": "predictions.npz"}
 
 
+def amplified(a: np.ndarray) -> tuple[np.ndarray, float]:
+    """A perturbation (..., C) as a viewable image in [0, 1] and its gain: ``0.5 + gain * a`` with
+    ``gain = 0.5 / peak``, so grey is zero and the largest component spans the range. One formula for
+    the saved ``uap.png`` and the report's picture, so the two never disagree."""
+    peak = float(np.abs(a).max())
+    gain = 0.5 / peak if peak > 0 else 1.0
+    return np.clip(0.5 + 0.5 * a / (peak or 1.0), 0, 1), gain
+
+
 def amplify(v) -> np.ndarray:
-    """Map a perturbation (C,H,W or 1,C,H,W) to an HWC uint8 image: 0.5 + v scaled to fill [0,1]."""
+    """Map a perturbation (C,H,W or 1,C,H,W) to an HWC uint8 image (see :func:`amplified`)."""
     a = np.asarray(v, dtype=np.float32)
-    a = a.reshape(a.shape[-3:]).transpose(1, 2, 0)
-    m = float(np.abs(a).max()) or 1.0
-    out = ((0.5 + 0.5 * a / m) * 255).round().clip(0, 255).astype(np.uint8)
+    shown, _ = amplified(a.reshape(a.shape[-3:]).transpose(1, 2, 0))
+    out = (shown * 255).round().clip(0, 255).astype(np.uint8)
     return out[..., 0] if out.shape[-1] == 1 else out  # a greyscale model's v: an (H, W) grey image
 
 

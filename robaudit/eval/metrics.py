@@ -12,9 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 from torch import Tensor, nn
 
+from robaudit.attacks.outcomes import outcome_metrics
 from robaudit.attacks.predict import Images, predict_draws
-from robaudit.core.results import ClassBreakdown, Comparison, Control, ControlRate, Metrics, TargetedRate
-from robaudit.core.stats import mcnemar_exact, mean_ci, rate
+from robaudit.core.results import Comparison, Control, ControlRate, Metrics
+from robaudit.core.stats import mcnemar_exact, mean_ci
 
 
 def _np(t) -> np.ndarray:
@@ -22,39 +23,12 @@ def _np(t) -> np.ndarray:
 
 
 def uap_metrics(clean_pred, adv_pred, labels, class_names: Sequence[str], target: int | None = None) -> Metrics:
-    """Fooling rate (Wilson CI), accuracies, targeted success, per-class breakdown and confusion matrix.
-
-    ``confusion[i][j]`` counts images predicted ``i`` clean and ``j`` under the perturbation;
-    ``per_class`` groups by true label.
-    """
+    """Fooling rate (Wilson CI), accuracies, targeted success, per-class breakdown and confusion matrix,
+    over all images; fooled means the prediction changed (see :func:`outcome_metrics`)."""
     clean, adv, y = _np(clean_pred).astype(int), _np(adv_pred).astype(int), _np(labels).reshape(-1).astype(int)
     if not clean.shape == adv.shape == y.shape:
         raise ValueError(f"predictions and labels differ in length: {clean.shape}, {adv.shape}, {y.shape}")
-    k = len(class_names)
-    fooled = adv != clean
-    targeted = None
-    if target is not None:
-        hit = rate(adv == target)
-        targeted = TargetedRate(**hit.model_dump(), clean_rate=float(np.mean(clean == target)) if len(clean) else 0.0)
-    per_class = []
-    for c, name in enumerate(class_names):
-        m = y == c
-        n = int(m.sum())
-        per_class.append(ClassBreakdown(
-            index=c, name=name, n=n,
-            clean_accuracy=float(np.mean(clean[m] == c)) if n else None,
-            adv_accuracy=float(np.mean(adv[m] == c)) if n else None,
-            fooling_rate=float(np.mean(fooled[m])) if n else None))
-    confusion = np.zeros((k, k), dtype=int)
-    np.add.at(confusion, (clean, adv), 1)
-    return Metrics(
-        clean_accuracy=float(np.mean(clean == y)) if len(y) else 0.0,
-        adv_accuracy=float(np.mean(adv == y)) if len(y) else 0.0,
-        fooling_rate=rate(fooled),
-        targeted_success_rate=targeted,
-        per_class=per_class,
-        confusion=confusion.tolist(),
-    )
+    return outcome_metrics(clean, adv, y, class_names, success=adv != clean, target=target)
 
 
 def _control_rate(outcomes: np.ndarray) -> ControlRate:

@@ -19,6 +19,7 @@ from matplotlib.ticker import PercentFormatter
 from robaudit.core.errors import BadInput
 from robaudit.core.files import read_npy
 from robaudit.core.results import Result
+from robaudit.eval.artifacts import amplified
 from robaudit.grading import cell_label, source_kind
 from robaudit.report.build import Report
 
@@ -304,38 +305,23 @@ def targeted_per_class(report: Report) -> Plot | None:
 
 
 def parse_matrix(obj: Any) -> tuple[list[str], list[str], list[list[float]], str] | None:
-    """Read a transfer matrix from the shapes an audit may write:
-    ``{"rows": [...], "cols": [...], "values": [[...]]}`` (also ``sources``/``targets``/``columns``,
-    ``matrix``/``fooling_rate``), or nested ``{row: {col: value}}``; values may be numbers,
-    ``null`` or ``{"value": x}``. Returns ``(rows, cols, values, metric)`` or None."""
-    if not isinstance(obj, dict) or not obj:
+    """Read a transfer matrix in the one shape the audit writes (:func:`robaudit.audit.transfer_matrices`):
+    ``{"rows": [...], "cols": [...], "values": [[...]], "metric": ...}``, a value a number or ``null``
+    (not run). Returns ``(rows, cols, values, metric)``, or None for anything else, so a report leaves
+    the heatmap out rather than guess."""
+    if not isinstance(obj, dict):
+        return None
+    rows, cols, values = obj.get("rows"), obj.get("cols"), obj.get("values")
+    if not (isinstance(rows, list) and isinstance(cols, list) and isinstance(values, list)):
+        return None
+    if len(values) != len(rows) or any(not isinstance(r, list) or len(r) != len(cols) for r in values):
         return None
 
     def num(v):
-        if isinstance(v, dict):
-            v = v.get("value", v.get("fooling_rate"))
-            if isinstance(v, dict):
-                v = v.get("value")
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
     metric = str(obj.get("metric", "fooling rate"))
-    rows = obj.get("rows", obj.get("sources", obj.get("source_models")))
-    cols = obj.get("cols", obj.get("columns", obj.get("targets", obj.get("target_models"))))
-    values = next((obj[k] for k in ("values", "matrix", "fooling_rate", "rates") if k in obj), None)
-    if isinstance(rows, list) and isinstance(cols, list) and isinstance(values, list):
-        if len(values) != len(rows) or any(not isinstance(r, list) or len(r) != len(cols) for r in values):
-            return None
-        return [str(r) for r in rows], [str(c) for c in cols], [[num(v) for v in r] for r in values], metric
-    nested = values if isinstance(values, dict) else obj
-    inner = {k: v for k, v in nested.items() if isinstance(v, dict)}
-    if not inner:
-        return None
-    rows = [str(r) for r in inner]
-    cols = sorted({str(c) for v in inner.values() for c in v})
-    vals = [[num(inner[r].get(c)) if c in inner[r] else math.nan for c in cols] for r in inner]
-    if all(math.isnan(v) for row in vals for v in row):
-        return None
-    return rows, cols, vals, metric
+    return [str(r) for r in rows], [str(c) for c in cols], [[num(v) for v in r] for r in values], metric
 
 
 def transfer_heatmap(report: Report) -> Plot | None:
@@ -517,9 +503,8 @@ def perturbation(report: Report, cell: Result) -> Plot | None:
         v = v[..., None]
     if v.ndim != 3 or v.shape[-1] not in (1, 3) or not np.isfinite(v).all():
         return None
+    shown, gain = amplified(v)
     peak = float(np.abs(v).max())
-    gain = 0.5 / peak if peak > 0 else 1.0
-    shown = np.clip(v * gain + 0.5, 0, 1)
     mag = np.sqrt((v ** 2).sum(axis=-1))
     fig, axes = _figure(7.0, 3.4, ncols=2)
     axes[0].imshow(shown[..., 0] if shown.shape[-1] == 1 else shown, cmap="gray" if shown.shape[-1] == 1 else None,
