@@ -20,14 +20,20 @@ def harden(
     norm: Annotated[str, typer.Option(help="linf or l2 (as uap).")] = "l2",
     zeta: Annotated[float, typer.Option(help="eps / mean Lp norm of the task's images (as uap).")] = 0.04,
     source: Annotated[str, typer.Option(help="Inner UAP source: train, imagenet or both.")] = "train",
-    attacker: Annotated[str, typer.Option(help="Inner attacker's engine step: fgsm or sgd.")] = "fgsm",
+    method: Annotated[str, typer.Option(help="Inner UAP method (the engine's batched step): fgsm or sgd.")] = "fgsm",
+    attacker_old: Annotated[Optional[str], typer.Option("--attacker", hidden=True, help="Deprecated: --method.")]
+    = None,
     adv_weight: Annotated[float, typer.Option(help="Share of the loss on x + v (1 = train on x + v only).")] = 1.0,
     train_limit: Annotated[Optional[int], typer.Option(help="Training images (seeded subset).")] = None,
-    photo_limit: Annotated[Optional[int], typer.Option(help="Hardening photos (seeded subset).")] = None,
+    source_limit: Annotated[Optional[int], typer.Option(help="Hardening photos (seeded subset).")] = None,
+    photo_limit_old: Annotated[Optional[int], typer.Option("--photo-limit", hidden=True,
+                                                           help="Deprecated: --source-limit.")] = None,
     seed: Annotated[int, typer.Option(help="Hardening seed (must differ from --audit-seed).")] = 1,
     audit_seed: Annotated[int, typer.Option(help="Re-audit seed; its photos and selection images are set apart "
                                                  "from hardening.")] = 0,
-    audit_photos: Annotated[int, typer.Option(help="Photos kept for the re-audit.")] = 200,
+    audit_source_limit: Annotated[int, typer.Option(help="Photos kept for the re-audit's attacker.")] = 200,
+    audit_photos_old: Annotated[Optional[int], typer.Option("--audit-photos", hidden=True,
+                                                            help="Deprecated: --audit-source-limit.")] = None,
     select_limit: Annotated[int, typer.Option(help="Re-audit selection images (kept out of hardening's "
                                                    "validation).")] = 128,
     max_accuracy_drop: Annotated[float, typer.Option(help="Tolerated balanced accuracy drop (reported against).")]
@@ -41,9 +47,11 @@ def harden(
     train_source_limit: Annotated[Optional[int], typer.Option(help="Training images the re-audit UAPs use.")]
     = None,
     controls: Annotated[int, typer.Option(help="Random-noise control draws per cell.")] = 10,
-    pgd_n: Annotated[int, typer.Option(help="Test images for per-sample PGD (0: skip).")] = 128,
+    pgd_eval_limit: Annotated[int, typer.Option(help="Test images for per-sample PGD (0: skip).")] = 128,
+    pgd_n_old: Annotated[Optional[int], typer.Option("--pgd-n", hidden=True, help="Deprecated: --pgd-eval-limit.")]
+    = None,
     reaudit: Annotated[bool, typer.Option("--reaudit/--no-reaudit", help="Re-audit after hardening.")] = True,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume an interrupted hardening and reuse "
+    resume: Annotated[bool, typer.Option("--resume/--restart", help="Resume an interrupted hardening and reuse "
                                                                       "finished re-audit cells.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Re-audit folder (default reports/<stamp>-harden-NAME).")]
@@ -60,8 +68,14 @@ def harden(
         raise BadInput("give a zoo MODEL or --checkpoint PATH (with --arch), not both or neither",
                        "e.g. robaudit harden pneumonia_tf_efficientnet_lite0")
     from robaudit.audit.mitigation import ReauditConfig, compare_hardened
+    from robaudit.commands._options import deprecated
     from robaudit.training.harden import HardenConfig, harden_model, replicates_of
 
+    attacker = deprecated(attacker_old, "--attacker", "--method", method, default="fgsm")
+    photo_limit = deprecated(photo_limit_old, "--photo-limit", "--source-limit", source_limit)
+    audit_photos = deprecated(audit_photos_old, "--audit-photos", "--audit-source-limit", audit_source_limit,
+                              default=200)
+    pgd_n = deprecated(pgd_n_old, "--pgd-n", "--pgd-eval-limit", pgd_eval_limit, default=128)
     cfg = validate(HardenConfig, dict(epochs=epochs, lr=lr, batch_size=batch_size, norm=norm.lower(), zeta=zeta,
                                       source=source, attacker=attacker, adv_weight=adv_weight,
                                       train_limit=train_limit, photo_limit=photo_limit, seed=seed,
