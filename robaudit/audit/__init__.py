@@ -23,7 +23,7 @@ from robaudit.core.errors import BadInput, RuntimeFailure
 from robaudit.core.files import OutputLock, atomic_write_text, preflight_dir, write_json
 from robaudit.models import load_model
 from robaudit.models.store import is_trained, model_dir, read_card
-from robaudit.models.train import TrainConfig, check_trainable, train_model
+from robaudit.models.train import check_trainable, train_model
 from robaudit.models.zoo import parse_zoo_name
 
 __all__ = ["AUDIT_KIND", "AuditRecipe", "Cell", "build_audit_doc", "classes_of", "ensure_models", "load_recipe",
@@ -43,9 +43,7 @@ def ensure_models(recipe: AuditRecipe, train_missing: bool, quiet: bool = False,
     for n in missing:
         check_trainable(n)
     t = recipe.train
-    cfg = TrainConfig(epochs=t.epochs, image_size=t.image_size, batch_size=t.batch_size, train_limit=t.train_limit,
-                      lr=t.lr, seed=t.seed)
-    scratch_cfg = cfg.model_copy(update={"epochs": t.scratch_epochs or t.epochs})
+    cfg, scratch_cfg = t.config(), t.config(scratch=True)
     jobs = [(n, scratch_cfg if parse_zoo_name(n).transfer == "scratch" else cfg) for n in missing]
     if executor == "ray":
         train_models_ray(jobs, device=recipe.device, address=address, quiet=quiet)

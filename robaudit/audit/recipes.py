@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from robaudit.core.errors import BadInput, unknown_name
 from robaudit.core.files import read_toml, validate
 from robaudit.core.specs import UAPSpec
+from robaudit.models.train import TrainConfig
 from robaudit.models.zoo import REPLICATE_SEP, model_name, replicate_name
 
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "attacks"
@@ -46,17 +47,17 @@ class CheckpointModel(_Strict):
     name: str | None = None
 
 
-class TrainSettings(_Strict):
-    """How ``--train-missing`` trains zoo models the recipe needs (see ``robaudit train``)."""
+class TrainSettings(TrainConfig):
+    """How ``--train-missing`` trains zoo models the recipe needs: every :class:`TrainConfig` field (the one
+    training settings model of ``robaudit train`` and hardening), plus the epochs of random-init models."""
 
-    epochs: int = Field(3, ge=1)
     scratch_epochs: int | None = Field(None, ge=1, description="epochs for random-init ('scratch') models, "
                                        "which start far from a solution; default: epochs")
-    image_size: int = Field(64, ge=16)
-    batch_size: int = Field(64, ge=1)
-    train_limit: int | None = Field(None, ge=1)
-    lr: float | None = None
-    seed: int = 0
+
+    def config(self, scratch: bool = False) -> TrainConfig:
+        """The TrainConfig of a fine-tune (or, ``scratch``, of a random-init model)."""
+        cfg = TrainConfig(**self.model_dump(exclude={"scratch_epochs"}))
+        return cfg.model_copy(update={"epochs": self.scratch_epochs or self.epochs}) if scratch else cfg
 
 
 class PerSampleSpec(_Strict):
