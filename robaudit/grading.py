@@ -99,7 +99,11 @@ class Assessment:
 
 @dataclass
 class AuditInput:
-    """What a report or a gate reads: result cells, plus an audit's derived tables and transfer matrix."""
+    """What a report or a gate reads: result cells, plus an audit's derived tables and transfer matrix.
+
+    The one shape of the audit document in memory: a report (:class:`robaudit.report.Report`) is this
+    plus its grades, so the fields are declared once. ``run_dir`` (where artifacts are looked up)
+    defaults to the folder of ``path``."""
 
     cells: list[Result]
     tables: dict[str, Any] = field(default_factory=dict)
@@ -107,10 +111,11 @@ class AuditInput:
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     kind: str = "result"
+    run_dir: Path | None = None
 
-    @property
-    def run_dir(self) -> Path | None:
-        return self.path.parent if self.path is not None else None
+    def __post_init__(self) -> None:
+        if self.run_dir is None and self.path is not None:
+            self.run_dir = self.path.parent
 
 
 # ---------------------------------------------------------------------------------------------- input

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 from robaudit import __version__
 from robaudit.attacks.lp import project
@@ -36,6 +37,47 @@ from robaudit.models import load_model
 from robaudit.models.zoo import is_hardened_name
 
 AUDIT_KIND = "audit"
+CELL_TABLE = "1. UAP vs random control (every cell)"
+
+
+class CellRow(BaseModel):
+    """One row of the cells table, by name. audit.json keeps the table as ``{columns, rows}`` lists
+    (the format readers already have); writer and readers both go through this model, so nobody looks a
+    column up by its title."""
+
+    model: str
+    init: str | None
+    transfer: str | None
+    threat_model: str
+    source: str | None
+    norm: str | None
+    zeta: float | None
+    method: str | None
+    target: str
+    rate: float | None
+    ci: str
+    control: float | None
+    control_ci: str
+    p: float | None
+    p_adjusted: float | None = None
+
+    @staticmethod
+    def columns() -> list[str]:
+        """The human titles written as the table's ``columns``, in field order."""
+        return ["model", "init", "transfer", "threat model", "source", "norm", "zeta", "method", "target", "rate",
+                "95% CI", "control", "control CI", "p (McNemar exact)", f"p ({PVALUE_CORRECTION})"]
+
+    def as_list(self) -> list:
+        return [getattr(self, f) for f in type(self).model_fields]
+
+    @classmethod
+    def from_list(cls, row: list) -> CellRow:
+        return cls(**dict(zip(cls.model_fields, row, strict=True)))
+
+
+def cell_rows(doc: dict) -> list[CellRow]:
+    """The cells table of an audit document, as named rows."""
+    return [CellRow.from_list(r) for r in doc["tables"][CELL_TABLE]["rows"]]
 
 
 def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, seconds: float,
@@ -46,11 +88,12 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
     for c in done:
         r, a = c.result, c.result.attack
         rate, crate = c.rate, c.result.control_rate()
-        rows.append([r.model.name, r.model.init, r.model.transfer, a.threat_model or "-", a.source, a.norm, a.zeta,
-                     a.method, a.target_name or "-", rate.value, f"[{rate.ci[0]:.3f}, {rate.ci[1]:.3f}]",
-                     crate.value if crate else None,
-                     f"[{crate.ci[0]:.3f}, {crate.ci[1]:.3f}]" if crate else "",
-                     c.result.comparison.p_value if c.result.comparison else None])
+        rows.append(CellRow(
+            model=r.model.name, init=r.model.init, transfer=r.model.transfer, threat_model=a.threat_model or "-",
+            source=a.source, norm=a.norm, zeta=a.zeta, method=a.method, target=a.target_name or "-",
+            rate=rate.value, ci=f"[{rate.ci[0]:.3f}, {rate.ci[1]:.3f}]", control=crate.value if crate else None,
+            control_ci=f"[{crate.ci[0]:.3f}, {crate.ci[1]:.3f}]" if crate else "",
+            p=c.result.comparison.p_value if c.result.comparison else None))
     pooled = pool_results([c.result for c in done])
     pvals = cell_pvalues([c.result for c in done] + pooled)
 
@@ -91,7 +134,7 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
         [PRIMARY] * (len(comparisons) + len(mitigation_p))
     cell_adj, other_adj = adjust_family(pvals, other_p, cell_fams, other_fams)
     for row, p, adj in zip(rows, pvals, cell_adj, strict=False):  # pvals: the cells, then the pooled rows
-        row.append(adj if adj is not None else p)  # a family of one test: its own p
+        row.p_adjusted = adj if adj is not None else p  # a family of one test: its own p
     for row, adj in zip(init_rows, other_adj, strict=False):
         row.append(adj)
     pooled_rows = [_pooled_row(r, p, adj) for r, p, adj in zip(pooled, pvals[len(done):], cell_adj[len(done):],
@@ -118,11 +161,7 @@ def build_audit_doc(recipe: AuditRecipe, cells: list[Cell], out_dir: Path, secon
     matrices = transfer_matrices(done, recipe) if recipe.transfer_eval else []
     failed = [{"key": c.key, "cell": c.label, "error": c.error} for c in cells if c.error]
     tables = {
-        "1. UAP vs random control (every cell)": {
-            "columns": ["model", "init", "transfer", "threat model", "source", "norm", "zeta", "method", "target",
-                        "rate", "95% CI",
-                        "control", "control CI", "p (McNemar exact)", f"p ({PVALUE_CORRECTION})"],
-            "rows": rows},
+        CELL_TABLE: {"columns": CellRow.columns(), "rows": [r.as_list() for r in rows]},
         "2. Natural vs training vs random source (non-targeted fooling rate)": {
             "columns": ["model", "norm", "zeta", "method"] + source_cols + ["random control"],
             "rows": sources_rows},

@@ -120,22 +120,25 @@ def print_attack_summary(result, out_dir: Path | None = None) -> None:
 
 def print_audit_summary(doc: dict) -> None:
     """The audit's cells in one table (UAP vs control, Holm-adjusted p); constant columns go to the caption."""
-    c = doc["counts"]
-    t = doc["tables"]["1. UAP vs random control (every cell)"]
-    cols = t["columns"]
-    keys = ("model", "init", "transfer", "threat model", "source", "norm", "zeta", "target", "rate", "control")
-    idx = {name: cols.index(name) for name in keys}
+    from robaudit.audit.tables import cell_rows  # the audit layer pulls torch in: not for --help
 
-    def cell(row, k):
-        value = row[idx[k]]
+    c = doc["counts"]
+    rows = cell_rows(doc)
+    # shown title -> CellRow field
+    keys = {"model": "model", "init": "init", "transfer": "transfer", "threat model": "threat_model",
+            "source": "source", "norm": "norm", "zeta": "zeta", "target": "target", "rate": "rate",
+            "control": "control"}
+    titles = list(keys)
+
+    def cell(row, k: str) -> str:
+        value = getattr(row, keys[k])
         if k in ("rate", "control", "zeta"):
             return f"{value:.1%}" if value is not None else ""
         return "-" if value is None else str(value)
 
-    rows = t["rows"]
     # columns equal in every row go to the caption; the model column only when init+transfer don't name it
-    constant = [k for k in keys[:8] if len({cell(r, k) for r in rows}) == 1 and len(rows) > 1]
-    shown = [k for k in keys if k not in constant]
+    constant = [k for k in titles[:8] if len({cell(r, k) for r in rows}) == 1 and len(rows) > 1]
+    shown = [k for k in titles if k not in constant]
     if "model" in shown and len({cell(r, "model") for r in rows}) == len({(cell(r, "init"), cell(r, "transfer"))
                                                                            for r in rows}):
         shown.remove("model")
@@ -148,7 +151,7 @@ def print_audit_summary(doc: dict) -> None:
     for col in [*shown, "p (holm)"]:
         table.add_column(col, overflow="fold", justify="right" if col in ("rate", "control", "p (holm)") else "left")
     for row in rows:
-        table.add_row(*(cell(row, k) for k in shown), f"{row[-1]:.2g}" if row[-1] is not None else "")
+        table.add_row(*(cell(row, k) for k in shown), f"{row.p_adjusted:.2g}" if row.p_adjusted is not None else "")
     err.print(table)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +26,16 @@ from robaudit.grading import (
 )
 
 
-@dataclass
-class Report:
-    """Everything the renderers need: the cells, their grades, the verdict and the audit extras."""
+@dataclass(kw_only=True)
+class Report(AuditInput):
+    """Everything the renderers need: the audit input (cells, tables, transfer, meta, run_dir) plus
+    every cell's grade, the verdict and the title."""
 
-    cells: list[Result]
     assessments: list[Assessment]
     severity: str
     verdict: str
     summary: str
     headline: int | None
-    tables: dict[str, Any] = field(default_factory=dict)
-    transfer: dict[str, Any] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    run_dir: Path | None = None
     title: str = "robaudit robustness report"
 
     @property
@@ -111,9 +107,9 @@ def build_report(results: Result | Sequence[Result] | AuditInput, *, tables: dic
     verdict = _VERDICTS[severity].format(verb="steers" if targeted else "changes")
     if targeted:
         verdict += " to one chosen class"
-    return Report(cells=list(ai.cells), assessments=assessments, severity=severity, verdict=verdict,
-                  summary=summary, headline=headline, tables=ai.tables or {}, transfer=ai.transfer,
-                  meta=ai.meta or {}, run_dir=rd, title=title or default_title)
+    return Report(cells=list(ai.cells), tables=ai.tables or {}, transfer=ai.transfer, meta=ai.meta or {},
+                  path=ai.path, kind=ai.kind, run_dir=rd, assessments=assessments, severity=severity,
+                  verdict=verdict, summary=summary, headline=headline, title=title or default_title)
 
 
 def report_json(report: Report) -> dict[str, Any]:
