@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from robaudit.audit.mitigation import ReauditConfig, compare_hardened
+from robaudit.auditing.mitigation import ReauditConfig, compare_hardened
 from robaudit.models.store import is_trained
 from robaudit.models.train import TrainConfig, train_model
 from robaudit.training.harden import HardenConfig, harden_model

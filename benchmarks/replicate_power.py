@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robaudit.audit import load_recipe
+from robaudit.auditing import load_recipe
 from robaudit.core.stats import replicates_for_power
 from robaudit.data import load_task
 

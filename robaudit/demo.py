@@ -15,15 +15,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from robaudit.audit import AuditRecipe, run_audit
-from robaudit.audit.recipes import TrainSettings
+from robaudit.auditing import AuditRecipe, run_audit
+from robaudit.auditing.recipes import TrainSettings
 from robaudit.core import locations
 from robaudit.core.console import info
 from robaudit.core.errors import BadInput
 from robaudit.data import load_task
 from robaudit.data.embedded import NAME as EMBEDDED
 from robaudit.grading import load_input
-from robaudit.report import write_reports
+from robaudit.reporting import write_reports
 
 ARCH = "tf_efficientnet_lite0"
 #: the clinically worrying target per task: disease made to look like the healthy class

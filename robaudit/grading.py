@@ -101,7 +101,7 @@ class Assessment:
 class AuditInput:
     """What a report or a gate reads: result cells, plus an audit's derived tables and transfer matrix.
 
-    The one shape of the audit document in memory: a report (:class:`robaudit.report.Report`) is this
+    The one shape of the audit document in memory: a report (:class:`robaudit.reporting.Report`) is this
     plus its grades, so the fields are declared once. ``run_dir`` (where artifacts are looked up)
     defaults to the folder of ``path``."""
 

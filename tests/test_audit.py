@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from robaudit.audit.recipes import AuditRecipe, load_recipe
+from robaudit.auditing.recipes import AuditRecipe, load_recipe
 from robaudit.cli import main
 from robaudit.core.errors import BadInput
 
@@ -108,9 +108,9 @@ def test_audit_end_to_end(full_run):
 def test_report_and_gate_read_the_audits_own_holm_family(full_run):
     """One family per document: the report and the gate of an audit show the audit's adjusted p-values
     (every cell test and every init comparison), not a family of the cells alone."""
-    from robaudit.gate import evaluate, parse_policy
+    from robaudit.gating import evaluate, parse_policy
     from robaudit.grading import load_input
-    from robaudit.report import build_report
+    from robaudit.reporting import build_report
 
     doc, out = full_run
     table = doc["tables"]["1. UAP vs random control (every cell)"]["rows"]
@@ -142,7 +142,7 @@ def test_transfer_diagonal_equals_per_model_uap(full_run):
 
 
 def test_kill_and_resume_matches_uninterrupted(twins, recipe_file, full_run, tmp_path, monkeypatch, capsys):
-    import robaudit.audit.cells as runner  # where the audit calls run_uap
+    import robaudit.auditing.cells as runner  # where the audit calls run_uap
 
     real, calls = runner.run_uap, {"n": 0}
 
@@ -172,7 +172,7 @@ def test_kill_and_resume_matches_uninterrupted(twins, recipe_file, full_run, tmp
 
 
 def test_failing_cell_is_recorded_and_audit_carries_on(twins, tmp_path):
-    from robaudit.audit import run_audit
+    from robaudit.auditing import run_audit
 
     recipe = AuditRecipe(name="failing", models=["pneumonia_tf_efficientnet_lite0"],
                          sources=["natural", str(tmp_path / "no-such-folder")], eval_limit=32, source_limit=32,
@@ -207,8 +207,8 @@ def test_missing_models_need_train_missing(tmp_path, capsys):
 
 def test_train_missing_gives_scratch_models_their_own_epochs(tmp_path, monkeypatch):
     """[train] scratch_epochs applies to random-init twins only; other models get epochs."""
-    import robaudit.audit as audit
-    from robaudit.audit import ensure_models
+    import robaudit.auditing as audit
+    from robaudit.auditing import ensure_models
 
     seen = {}
     monkeypatch.setenv("ROBAUDIT_HOME", str(tmp_path))

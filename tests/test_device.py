@@ -205,8 +205,8 @@ def test_ray_executor_runs_a_cell_on_the_device(device, on_cpu, tmp_path):
     """One audit cell as a Ray task on a local cluster (a CUDA cell asks Ray for the GPU): the CPU's verdict.
     The cluster is declared with its GPU, so that a GPU Ray cannot see fails instead of waiting for one."""
     ray = pytest.importorskip("ray")
-    from robaudit.audit.cells import make_cell
-    from robaudit.audit.ray_executor import run_cells_ray
+    from robaudit.auditing.cells import make_cell
+    from robaudit.auditing.ray_executor import run_cells_ray
     from robaudit.core.specs import make_spec
 
     kw = _cell("fgsm", "l2")

@@ -129,7 +129,7 @@ def test_rule_selecting_no_cell_exits_2_even_with_exit_zero_unless_optional(audi
 
 
 def test_upper_bound_stops_small_test_sets_passing_by_luck():
-    from robaudit.gate import evaluate, parse_policy
+    from robaudit.gating import evaluate, parse_policy
 
     cell = counted_cell(3, 20, p_value=0.5)                       # 15%, Wilson upper bound ~36%
     strict = parse_policy({"rule": [{"kind": "max_fooling_rate", "max": 0.2}]})
@@ -144,7 +144,7 @@ def test_upper_bound_stops_small_test_sets_passing_by_luck():
 
 
 def test_every_rule_kind_on_real_results(audit):
-    from robaudit.gate import evaluate, parse_policy
+    from robaudit.gating import evaluate, parse_policy
     from robaudit.grading import load_input
 
     ai = load_input(audit)
@@ -184,7 +184,7 @@ def test_every_rule_kind_on_real_results(audit):
 
 
 def test_per_sample_rule_at_an_epsilon_the_cell_lacks_is_an_error():
-    from robaudit.gate import evaluate, parse_policy
+    from robaudit.gating import evaluate, parse_policy
 
     res = evaluate(parse_policy({"rule": [{"kind": "max_per_sample_success", "eps": 0.3, "max": 0.5}]}),
                    [per_sample_cell()])
@@ -212,13 +212,13 @@ def test_per_sample_rule_at_an_epsilon_the_cell_lacks_is_an_error():
     ({"method": "fg*", "data": "dermamnist", "split": "test", "init": "imagenet", "kind": "uap"}, True),
 ])
 def test_selectors(select, matches):
-    from robaudit.gate import Selector
+    from robaudit.gating import Selector
 
     assert Selector.model_validate(select).matches(counted_cell(10, 100)) is matches
 
 
 def test_target_selector_matches_index_or_class_name():
-    from robaudit.gate import Selector
+    from robaudit.gating import Selector
 
     cell = counted_cell(10, 100, targeted_k=30, target=4)
     assert Selector(target=4).matches(cell) and Selector(target="mel").matches(cell)
@@ -270,7 +270,7 @@ def test_junit_has_one_case_per_rule_and_cell(audit, tmp_path):
 
 
 def test_junit_escapes_hostile_names(tmp_path):
-    from robaudit.gate import evaluate, parse_policy, write_junit
+    from robaudit.gating import evaluate, parse_policy, write_junit
 
     cell = counted_cell(300, 400, p_value=1e-9, model='x"><script>alert(1)</script>\x07')
     res = evaluate(parse_policy({"rule": [{"kind": "max_fooling_rate", "max": 0.5}]}), [cell])
@@ -304,7 +304,7 @@ def test_summary_markdown_and_step_summary_append(audit, tmp_path, monkeypatch):
 
 
 def test_shipped_example_policy_gates_a_real_audit(audit, tmp_path):
-    from robaudit.gate import evaluate, load_policy
+    from robaudit.gating import evaluate, load_policy
     from robaudit.grading import load_input
 
     pol = load_policy(REPO / "docs" / "policy.example.toml")

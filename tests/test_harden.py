@@ -21,7 +21,7 @@ NAME = "pneumonia_tf_efficientnet_lite0"
 def hardened(trained, tmp_path_factory):
     """The session model, hardened with the defaults (4 epochs on its 1,500 training images), re-audited with
     photo and training-image UAPs rebuilt against each model."""
-    from robaudit.audit.mitigation import ReauditConfig, compare_hardened
+    from robaudit.auditing.mitigation import ReauditConfig, compare_hardened
     from robaudit.training.harden import HardenConfig, harden_model
 
     trained(NAME)
@@ -104,7 +104,7 @@ def test_resume_gives_the_same_weights(trained, tmp_path):
 
 
 def test_collapse_to_one_class_is_not_robust():
-    from robaudit.audit.mitigation_stats import _pair_summary, accuracy_change
+    from robaudit.auditing.mitigation_stats import _pair_summary, accuracy_change
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)
@@ -120,13 +120,13 @@ def test_collapse_to_one_class_is_not_robust():
 
 
 def _policy(*rules):
-    from robaudit.gate import parse_policy
+    from robaudit.gating import parse_policy
 
     return parse_policy({"rule": list(rules)})
 
 
 def test_gate_rules_on_the_harden_document(hardened):
-    from robaudit.gate import evaluate
+    from robaudit.gating import evaluate
     from robaudit.grading import load_input
 
     _, _, out = hardened
@@ -143,7 +143,7 @@ def test_gate_rules_on_the_harden_document(hardened):
 
 def test_gate_rules_on_crafted_documents(hardened):
     """A collapsed hardened model fails max_accuracy_drop however low its fooling rate; no pair is an error."""
-    from robaudit.gate import evaluate
+    from robaudit.gating import evaluate
     from robaudit.grading import load_input
 
     _, _, out = hardened
@@ -194,10 +194,10 @@ def test_mitigation_tests_join_the_documents_one_holm_family(hardened):
 
 def test_recipe_with_harden_true_adds_twins_and_a_mitigation_section(tmp_path):
     """On the embedded X-rays (no data root needed): hardened twins are made, audited and compared."""
-    from robaudit.audit import AuditRecipe, run_audit
-    from robaudit.audit.recipes import TrainSettings
+    from robaudit.auditing import AuditRecipe, run_audit
+    from robaudit.auditing.recipes import TrainSettings
     from robaudit.grading import load_input
-    from robaudit.report import build_report, render
+    from robaudit.reporting import build_report, render
 
     mini = "pneumonia-mini_tf_efficientnet_lite0"
     recipe = AuditRecipe(name="mit", models=[mini], harden=True, sources=["train"], norms=["linf"], zetas=[0.04],

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from robaudit.audit import run_audit
-from robaudit.audit.ray_executor import cell_resources, run_cells_ray
-from robaudit.audit.recipes import load_recipe
+from robaudit.auditing import run_audit
+from robaudit.auditing.ray_executor import cell_resources, run_cells_ray
+from robaudit.auditing.recipes import load_recipe
 from robaudit.core.errors import BadInput
 from robaudit.core.specs import UAPSpec
 
@@ -115,7 +115,7 @@ def test_ray_runs_the_recipe_like_the_local_executor_and_resumes(recipe_file, lo
 
 
 def test_cells_fill_result_or_error_like_run_cell(recipe_file, local_cluster, tmp_path):
-    from robaudit.audit import Cell, classes_of
+    from robaudit.auditing import Cell, classes_of
 
     rec, _ = load_recipe(recipe_file)
     specs = rec.cells(classes_of)
@@ -129,7 +129,7 @@ def test_cells_fill_result_or_error_like_run_cell(recipe_file, local_cluster, tm
 
 
 def test_ctrl_c_cancels_the_rest_and_keeps_finished_cells(recipe_file, local_cluster, tmp_path, monkeypatch):
-    from robaudit.audit import Cell, classes_of
+    from robaudit.auditing import Cell, classes_of
 
     cells = [Cell(s.cache_key(), s, tmp_path / s.cache_key()) for s in load_recipe(recipe_file)[0].cells(classes_of)]
     real_wait, calls = local_cluster.wait, {"n": 0}
@@ -173,8 +173,8 @@ def test_cell_resources(device, cluster_gpus, workers, expected):
 
 
 def test_ray_trains_missing_replicates_in_parallel_with_local_weights(local_cluster, tmp_path, monkeypatch):
-    from robaudit.audit import AuditRecipe, ensure_models
-    from robaudit.audit.recipes import TrainSettings
+    from robaudit.auditing import AuditRecipe, ensure_models
+    from robaudit.auditing.recipes import TrainSettings
     from robaudit.models.store import read_card
     from robaudit.models.train import TrainConfig, train_model
 

@@ -157,7 +157,7 @@ def test_unexpected_exception_is_one_internal_error_line_exit_3_with_the_traceba
     def boom(*args, **kwargs):
         raise ZeroDivisionError("boom in the report builder")
 
-    monkeypatch.setattr("robaudit.report.build_report", boom)
+    monkeypatch.setattr("robaudit.reporting.build_report", boom)
     code, _, err = run(["report", reference[0] / "result.json"], capsys)
     line = one_error(err, "internal error:")
     assert code == 3 and "ZeroDivisionError: boom in the report builder" in line
@@ -168,7 +168,7 @@ def test_unexpected_exception_is_one_internal_error_line_exit_3_with_the_traceba
 def test_crash_log_falls_back_to_the_temp_folder_when_home_is_a_file(reference, tmp_path, monkeypatch, capsys):
     (tmp_path / "home-file").write_text("not a folder")
     monkeypatch.setenv("ROBAUDIT_HOME", str(tmp_path / "home-file"))
-    monkeypatch.setattr("robaudit.report.build_report", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("robaudit.reporting.build_report", lambda *a, **k: 1 / 0)
     code, _, err = run(["report", reference[0] / "result.json"], capsys)
     line = one_error(err, "internal error:")
     log = Path(line.split("details in ", 1)[1].split(";")[0])

@@ -14,8 +14,8 @@ import shutil
 import numpy as np
 import pytest
 
-from robaudit.audit import AuditRecipe, run_audit
-from robaudit.audit.pooled import pool_results, pooled_comparisons
+from robaudit.auditing import AuditRecipe, run_audit
+from robaudit.auditing.pooled import pool_results, pooled_comparisons
 from robaudit.core.errors import BadInput
 from robaudit.core.results import (
     AttackInfo,
@@ -184,7 +184,7 @@ def test_paired_replicate_test_degenerate_and_two_replicates():
 # -------------------------------------------------------------------------------- audit per replicate
 @pytest.fixture(scope="module")
 def replicated_audit(tmp_path_factory):
-    from robaudit.audit.recipes import TrainSettings
+    from robaudit.auditing.recipes import TrainSettings
 
     recipe = AuditRecipe(name="rep", models=[MINI, f"{MINI}_random"], replicates=2, sources=["train"],
                          norms=["linf"], zetas=[0.04], methods=["fgsm"], targets="none", controls=3,
@@ -243,9 +243,9 @@ def test_resume_per_replicate(replicated_audit):
 
 
 def test_report_verdict_and_gate_read_the_pooled_rows(replicated_audit, tmp_path):
-    from robaudit.gate import evaluate, parse_policy
+    from robaudit.gating import evaluate, parse_policy
     from robaudit.grading import load_input
-    from robaudit.report import build_report, render
+    from robaudit.reporting import build_report, render
 
     _, out, _ = replicated_audit
     ai = load_input(out / "audit.json")

@@ -349,7 +349,7 @@ def test_targeted_severity_subtracts_the_clean_rate_of_the_target():
 
 
 def test_report_verdict_is_the_worst_cell_and_pvalues_are_holm_adjusted():
-    from robaudit.report import build_report
+    from robaudit.reporting import build_report
 
     cells = [counted_cell(150, 400, p_value=0.03), counted_cell(150, 400, p_value=0.04, zeta=0.06),
              counted_cell(300, 400, p_value=1e-12, zeta=0.08)]
@@ -365,7 +365,7 @@ def test_report_verdict_is_the_worst_cell_and_pvalues_are_holm_adjusted():
 
 def test_real_ridge_results_grade_as_expected():
     from robaudit.grading import source_kind
-    from robaudit.report import build_report
+    from robaudit.reporting import build_report
 
     weak, _ = uap_cell(zeta=0.005)
     strong, _ = uap_cell(zeta=0.04, seed=3)
@@ -417,8 +417,8 @@ def test_load_input_rejects_bad_files_with_one_line(tmp_path, content, needle):
 
 def test_html_report_is_self_contained_with_every_section(real_run):
     from robaudit.grading import load_input
-    from robaudit.report import build_report
-    from robaudit.report.html import render_html
+    from robaudit.reporting import build_report
+    from robaudit.reporting.html import render_html
 
     text = render_html(build_report(load_input(real_run)))
     for section in ("verdict", "threat-model", "audited", "findings", "plots", "perturbation", "limitations",
@@ -448,8 +448,8 @@ def test_html_report_is_self_contained_with_every_section(real_run):
 
 def test_html_audit_renders_what_exists(real_audit):
     from robaudit.grading import load_input
-    from robaudit.report import build_report
-    from robaudit.report.html import render_html
+    from robaudit.reporting import build_report
+    from robaudit.reporting.html import render_html
 
     rep = build_report(load_input(real_audit))
     text = render_html(rep)
@@ -465,8 +465,8 @@ def test_html_audit_renders_what_exists(real_audit):
 
 
 def test_artifact_paths_cannot_leave_the_run_folder(tmp_path):
-    from robaudit.report import build_report
-    from robaudit.report.html import render_html
+    from robaudit.reporting import build_report
+    from robaudit.reporting.html import render_html
 
     secret = tmp_path / "secret.png"
     shutil.copy(Path(__file__).parent.parent / "robaudit" / "report" / "templates" / "report.html.j2", secret)
@@ -486,7 +486,7 @@ def test_artifact_paths_cannot_leave_the_run_folder(tmp_path):
 
 
 def test_hostile_strings_are_escaped_everywhere(tmp_path):
-    from robaudit.report import build_report, render
+    from robaudit.reporting import build_report, render
 
     classes = [HOSTILE, HOSTILE_IMG, "bkl", "df", "mel $x^$ {", "nv", "vasc | [link](http://evil)"]
     cell = counted_cell(300, 400, p_value=1e-9, model=f"m{HOSTILE}", source=f"img{HOSTILE_IMG}", targeted_k=300,
@@ -519,8 +519,8 @@ def test_hostile_strings_are_escaped_everywhere(tmp_path):
 
 def test_markdown_is_a_compact_summary(real_audit):
     from robaudit.grading import load_input
-    from robaudit.report import build_report
-    from robaudit.report.markdown import render_markdown
+    from robaudit.reporting import build_report
+    from robaudit.reporting.markdown import render_markdown
 
     rep = build_report(load_input(real_audit))
     md = render_markdown(rep, max_rows=5)
@@ -573,7 +573,7 @@ def test_cli_report_bad_input_exits_2_with_one_line(tmp_path, real_run, capsys):
 
 
 def test_write_reports_api_for_the_uap_command(tmp_path):
-    from robaudit.report import write_reports
+    from robaudit.reporting import write_reports
 
     result, v = uap_cell(zeta=0.02)
     np.save(tmp_path / "uap.npy", v)
@@ -589,7 +589,7 @@ def test_write_reports_api_for_the_uap_command(tmp_path):
 
 
 def _chromium_or_skip():
-    from robaudit.report.pdf import find_chromium
+    from robaudit.reporting.pdf import find_chromium
 
     if find_chromium() is None:
         if os.environ.get("CI"):
@@ -618,7 +618,7 @@ def test_pdf_without_chromium_is_one_clear_line(real_run, tmp_path, monkeypatch,
 
 
 def test_transfer_matrix_in_the_audit_shape():
-    from robaudit.report.plots import parse_matrix
+    from robaudit.reporting.plots import parse_matrix
 
     rows, cols, vals, metric = parse_matrix({"rows": ["a", "b"], "cols": ["x"], "values": [[0.1], [None]],
                                              "metric": "fooling rate"})
@@ -632,14 +632,14 @@ def test_transfer_matrix_in_the_audit_shape():
     {"matrix": {"a": {"x": 0.5}}, "metric": "targeted success"},
 ])
 def test_transfer_matrix_other_spellings_are_not_read(obj):
-    from robaudit.report.plots import parse_matrix
+    from robaudit.reporting.plots import parse_matrix
 
     assert parse_matrix(obj) is None
 
 
 def test_unreadable_transfer_matrix_is_skipped():
-    from robaudit.report import build_report
-    from robaudit.report.plots import parse_matrix, transfer_heatmap
+    from robaudit.reporting import build_report
+    from robaudit.reporting.plots import parse_matrix, transfer_heatmap
 
     assert parse_matrix({"rows": ["a"], "cols": ["x", "y"], "values": [[0.1]]}) is None
     assert parse_matrix({"note": "not run"}) is None
@@ -647,7 +647,7 @@ def test_unreadable_transfer_matrix_is_skipped():
 
 
 def test_per_sample_only_result_reports_info_not_a_uap_verdict():
-    from robaudit.report import build_report, render
+    from robaudit.reporting import build_report, render
 
     rep = build_report(per_sample_cell())
     assert rep.severity == "info" and rep.headline is None and rep.counts()["critical"] == 0

@@ -25,7 +25,7 @@ TIMEOUT_S = 30
 
 
 def _chromium() -> str:
-    from robaudit.report.pdf import find_chromium
+    from robaudit.reporting.pdf import find_chromium
 
     path = find_chromium()
     if path is None:
@@ -39,7 +39,7 @@ class DevTools:
     """A minimal Chrome DevTools Protocol client over the ``--remote-debugging-pipe`` file descriptors."""
 
     def __init__(self, chromium: str, profile: Path):
-        from robaudit.report.pdf import chromium_args
+        from robaudit.reporting.pdf import chromium_args
 
         to_child_r, self._w = os.pipe()
         self._r, from_child_w = os.pipe()
@@ -129,7 +129,7 @@ PAGE_STATE = """JSON.stringify({
 
 def test_html_report_renders_cleanly_in_chromium(tmp_path):
     from robaudit.grading import load_input
-    from robaudit.report import build_report, write_reports
+    from robaudit.reporting import build_report, write_reports
 
     chromium = _chromium()
     # a real run folder with its perturbation and examples, plus a per-sample cell, with hostile class names

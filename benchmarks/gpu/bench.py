@@ -326,7 +326,7 @@ def step_stream(p: Profile, out: Path) -> None:
 # ------------------------------------------------------------------------------------------ paper
 def paper_recipe(p: Profile) -> str:
     """A slice of attacks/paper.toml: one task, one arch, natural + train sources, L2, zeta 4%."""
-    from robaudit.audit.recipes import AuditRecipe
+    from robaudit.auditing.recipes import AuditRecipe
 
     opt = {"eval_limit": p.paper_eval_limit, "source_limit": p.paper_source_limit, "max_iter": p.paper_max_iter}
     if "budget" in AuditRecipe.model_fields:  # augmented photo streams: size the draw to the time box

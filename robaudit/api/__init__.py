@@ -58,7 +58,7 @@ class UAPRun:
         """The CLI's run folder: result.json, spec.json, uap.npy, uap.png, examples.png, predictions.npz, and
         (``reports``) report.html and report.md. Returns the folder."""
         from robaudit.eval.artifacts import write_run
-        from robaudit.report import write_reports
+        from robaudit.reporting import write_reports
 
         out = Path(out)
         if self.out_dir is not None and self.out_dir.resolve() == out.resolve():
@@ -160,7 +160,7 @@ def audit(recipe: str | Path, out: str | Path | None = None, *, resume: bool = F
           progress: bool = False) -> dict:
     """Run every cell of a recipe (a built-in name such as ``quick``, or a TOML file) with its statistics;
     returns the audit document that audit.json holds (cells cached and resumable in ``out``)."""
-    from robaudit.audit import load_recipe, run_audit
+    from robaudit.auditing import load_recipe, run_audit
 
     rec, text = load_recipe(str(recipe))
     out_dir = Path(out) if out is not None else Path("reports") / f"audit-{rec.name}"
@@ -172,7 +172,7 @@ def report(result: Result | list[Result] | str | Path, path: str | Path, *, form
     """Write the report of a result, several results, or a result.json / audit.json file to ``path``
     (format from ``format`` or the suffix: html, md, json, pdf)."""
     from robaudit.grading import as_input, load_input
-    from robaudit.report import build_report, check_formats, write_report
+    from robaudit.reporting import build_report, check_formats, write_report
 
     path = Path(path)
     fmt = format or {".html": "html", ".md": "md", ".json": "json", ".pdf": "pdf"}.get(path.suffix.lower(), "html")
@@ -186,7 +186,7 @@ def gate(result: Result | str | Path, policy: str | Path):
     and ``exit_code()`` carry the CLI's meaning (0 pass, 1 a rule failed; bad input raises BadInput)."""
     import tempfile
 
-    from robaudit.gate import gate as run_gate
+    from robaudit.gating import gate as run_gate
 
     if isinstance(result, Result):
         with tempfile.TemporaryDirectory() as d:

@@ -16,9 +16,9 @@ from robaudit.core.errors import RobauditError
 from robaudit.core.fmt import ci_text, pct
 from robaudit.core.provenance import reports_root, run_stamp
 from robaudit.core.results import Result
-from robaudit.gate.verdict import GateResult
+from robaudit.gating.verdict import GateResult
 from robaudit.grading import AuditInput
-from robaudit.report import write_reports
+from robaudit.reporting import write_reports
 
 
 def default_out_dir(*parts: str) -> Path:
@@ -120,7 +120,7 @@ def print_attack_summary(result, out_dir: Path | None = None) -> None:
 
 def print_audit_summary(doc: dict) -> None:
     """The audit's cells in one table (UAP vs control, Holm-adjusted p); constant columns go to the caption."""
-    from robaudit.audit.tables import cell_rows  # the audit layer pulls torch in: not for --help
+    from robaudit.auditing.tables import cell_rows  # the audit layer pulls torch in: not for --help
 
     c = doc["counts"]
     rows = cell_rows(doc)

@@ -23,7 +23,7 @@ def audit(
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML/Markdown reports.")] = False,
 ) -> None:
     """Run every cell of a recipe (models x sources x norms x zetas x methods x targets) with statistics."""
-    from robaudit.audit import load_recipe, run_audit
+    from robaudit.auditing import load_recipe, run_audit
     from robaudit.commands._shared import print_audit_summary, write_reports_best_effort
     from robaudit.core.console import err, print_json
     from robaudit.core.errors import BadInput, Interrupted

@@ -24,8 +24,8 @@ def gate(
     from robaudit.commands._shared import print_gate_table
     from robaudit.core.console import print_json
     from robaudit.core.errors import BadInput
-    from robaudit.gate import EXIT_PASS
-    from robaudit.gate import gate as run_gate
+    from robaudit.gating import EXIT_PASS
+    from robaudit.gating import gate as run_gate
 
     res = run_gate(result, policy, junit_xml=junit_xml, summary_md=summary_md)
     print_gate_table(res)

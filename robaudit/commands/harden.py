@@ -67,7 +67,7 @@ def harden(
     if (model is None) == (checkpoint is None):
         raise BadInput("give a zoo MODEL or --checkpoint PATH (with --arch), not both or neither",
                        "e.g. robaudit harden pneumonia_tf_efficientnet_lite0")
-    from robaudit.audit.mitigation import ReauditConfig, compare_hardened
+    from robaudit.auditing.mitigation import ReauditConfig, compare_hardened
     from robaudit.commands._options import deprecated
     from robaudit.training.harden import HardenConfig, harden_model, replicates_of
 

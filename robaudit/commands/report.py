@@ -28,7 +28,7 @@ def report(
     from robaudit.core.errors import BadInput
     from robaudit.core.files import is_step_summary, preflight_file, write_failure
     from robaudit.grading import load_input
-    from robaudit.report import SUFFIX, build_report, check_formats, render, report_json, write_report
+    from robaudit.reporting import SUFFIX, build_report, check_formats, render, report_json, write_report
 
     (fmt,) = check_formats([fmt])
     rep = build_report(load_input(result), title=title)

@@ -1,6 +1,6 @@
 """User-facing errors: one line, a hint, and an exit code.
 
-Exit codes are an interface (CI scripts branch on them): 0 pass, 1 a gate rule failed (``robaudit.gate``),
+Exit codes are an interface (CI scripts branch on them): 0 pass, 1 a gate rule failed (``robaudit.gating``),
 2 bad input (:class:`BadInput`: fix the command or the files), 3 runtime failure (:class:`RuntimeFailure`,
 and any unexpected exception, which ``robaudit.cli.main`` reports as one ``internal error:`` line with the
 traceback in a log file), 130 interrupted (:class:`Interrupted`); 143 and 129 when the stop was SIGTERM or

@@ -325,7 +325,7 @@ class Result(_Model):
         targeted = self.attack.targeted and self.metrics is not None and self.metrics.targeted_success_rate is not None
         return c.targeted_success_rate if targeted else c.fooling_rate
 
-    # ---- reports: the report layer sits above core and registers its renderer (robaudit.report) ----
+    # ---- reports: the report layer sits above core and registers its renderer (robaudit.reporting) ----
     def render(self, fmt: str = "html") -> str:
         """This result's report as text (``html``: self-contained page, ``md``: Markdown)."""
         return _renderer()(self, fmt)
@@ -342,7 +342,7 @@ class Result(_Model):
         return self.render("html")
 
 
-#: set by robaudit.report on import: (result, fmt) -> text
+#: set by robaudit.reporting on import: (result, fmt) -> text
 RENDERER = None
 
 
@@ -350,7 +350,7 @@ def _renderer():
     if RENDERER is None:  # a plugin import: the report layer registers itself (core may not import it)
         import importlib
 
-        importlib.import_module("robaudit.report")
+        importlib.import_module("robaudit.reporting")
     return RENDERER
 
 

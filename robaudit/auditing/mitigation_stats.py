@@ -5,7 +5,7 @@ model's own clean prediction) are compared with exact McNemar tests on the same 
 over the pairs. Clean and balanced accuracy changes carry 95 % paired percentile bootstrap intervals
 over the test images (scipy); a hardened model at chance balanced accuracy is flagged as collapsed, so
 a model predicting one class never reads as robust. Used by ``robaudit harden`` and by audit recipes
-with ``harden = true`` (see :mod:`robaudit.audit.mitigation`).
+with ``harden = true`` (see :mod:`robaudit.auditing.mitigation`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from scipy import stats as sps
 from sklearn.metrics import balanced_accuracy_score
 
 from robaudit.attacks.predict import predict
-from robaudit.audit.cells import Cell
-from robaudit.audit.recipes import AuditRecipe
+from robaudit.auditing.cells import Cell
+from robaudit.auditing.recipes import AuditRecipe
 from robaudit.core.errors import BadInput
 from robaudit.core.specs import UAPSpec
 from robaudit.core.stats import mcnemar_exact, rate

@@ -1,12 +1,12 @@
 """Robustness reports: one result or an audit's cells -> severity, findings, HTML / Markdown / PDF / JSON.
 
 The reading of each cell (severity rule, p-value family) lives in :mod:`robaudit.grading`, shared
-with the gate; :mod:`~robaudit.report.build` grades a document into a :class:`Report`, and
-:mod:`~robaudit.report.render` writes it (``html``, ``markdown``, ``pdf``, ``plots`` draw the parts).
+with the gate; :mod:`~robaudit.reporting.build` grades a document into a :class:`Report`, and
+:mod:`~robaudit.reporting.render` writes it (``html``, ``markdown``, ``pdf``, ``plots`` draw the parts).
 """
 
-from robaudit.report.build import Report, build_report, report_json
-from robaudit.report.render import FORMATS, SUFFIX, check_formats, render, write_report, write_reports
+from robaudit.reporting.build import Report, build_report, report_json
+from robaudit.reporting.render import FORMATS, SUFFIX, check_formats, render, write_report, write_reports
 
 __all__ = ["FORMATS", "SUFFIX", "Report", "build_report", "check_formats", "render", "report_json", "write_report",
            "write_reports"]

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from robaudit.attacks.persample import run_attack
-from robaudit.audit.cells import load_cached, make_cell, run_cell
-from robaudit.audit.mitigation_stats import (
+from robaudit.auditing.cells import load_cached, make_cell, run_cell
+from robaudit.auditing.mitigation_stats import (
     TABLE,
     THREATS,
     ReauditConfig,
@@ -29,8 +29,8 @@ from robaudit.audit.mitigation_stats import (
     pair_rows,
     section_table,
 )
-from robaudit.audit.recipes import AuditRecipe, CheckpointModel
-from robaudit.audit.tables import build_audit_doc
+from robaudit.auditing.recipes import AuditRecipe, CheckpointModel
+from robaudit.auditing.tables import build_audit_doc
 from robaudit.core.console import info, progress, warn
 from robaudit.core.errors import BadInput, RuntimeFailure
 from robaudit.core.files import OutputLock, preflight_dir, write_json

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from robaudit.gate.checks import Check
-from robaudit.gate.policy import Policy
+from robaudit.gating.checks import Check
+from robaudit.gating.policy import Policy
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from robaudit.audit.cells import Cell, load_cached, make_cell, record_error, run_cell
-from robaudit.audit.mitigation import harden_recipe_models
-from robaudit.audit.ray_executor import run_cells_ray, train_models_ray
-from robaudit.audit.recipes import AuditRecipe, load_recipe, recipe_names
-from robaudit.audit.tables import AUDIT_KIND, build_audit_doc, transfer_matrices
+from robaudit.auditing.cells import Cell, load_cached, make_cell, record_error, run_cell
+from robaudit.auditing.mitigation import harden_recipe_models
+from robaudit.auditing.ray_executor import run_cells_ray, train_models_ray
+from robaudit.auditing.recipes import AuditRecipe, load_recipe, recipe_names
+from robaudit.auditing.tables import AUDIT_KIND, build_audit_doc, transfer_matrices
 from robaudit.core.console import progress, warn
 from robaudit.core.errors import BadInput, RuntimeFailure
 from robaudit.core.files import OutputLock, atomic_write_text, preflight_dir, write_json

@@ -1,6 +1,6 @@
 """Audit cells as Ray tasks: ``robaudit audit --executor ray [--address ADDR]`` (``pip install 'robaudit[ray]'``).
 
-Each cell runs :func:`robaudit.audit.cells.run_cell` inside a Ray task, so it writes the same
+Each cell runs :func:`robaudit.auditing.cells.run_cell` inside a Ray task, so it writes the same
 ``cells/<hash>/`` folder (result.json, uap.npy, predictions.npz, or error.json) as the local
 executor, and ``--resume`` picks up whatever finished, whichever executor or machine ran it. A cell
 whose spec runs on CUDA asks Ray for one GPU (``device = "auto"`` too, when the cluster has GPUs)
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from robaudit.audit.cells import Cell, record_error, run_cell
+from robaudit.auditing.cells import Cell, record_error, run_cell
 from robaudit.core import locations
 from robaudit.core.console import progress, warn
 from robaudit.core.errors import BadInput, RuntimeFailure
@@ -140,7 +140,7 @@ def _init(ray, address: str | None, quiet: bool) -> None:
 
 
 def run_cells_ray(cells: list[Cell], address: str | None = None, quiet: bool = False) -> list:
-    """Run ``cells`` (:class:`~robaudit.audit.cells.Cell`) as Ray tasks; fill each ``result`` or ``error`` in place.
+    """Run ``cells`` (:class:`~robaudit.auditing.cells.Cell`) as Ray tasks; fill each ``result`` or ``error`` in place.
 
     Uses an already initialised Ray as it is; otherwise joins the cluster at ``address`` ('auto',
     'ray://head:10001', ...) or, with none, starts a local one, and shuts it down at the end.

@@ -13,9 +13,9 @@ from robaudit import __version__
 from robaudit.core.fmt import ci_text, pct, pval
 from robaudit.core.results import Result
 from robaudit.grading import SEVERITY_RULE, cell_label, severity_rank, source_kind
-from robaudit.report.build import Report
-from robaudit.report.mitigation import mitigation_plots
-from robaudit.report.plots import find_artifact, image_artifact, make_plots, perturbation
+from robaudit.reporting.build import Report
+from robaudit.reporting.mitigation import mitigation_plots
+from robaudit.reporting.plots import find_artifact, image_artifact, make_plots, perturbation
 
 TEMPLATES = Path(__file__).parent / "templates"
 

@@ -21,7 +21,7 @@ from robaudit.core.files import read_npy
 from robaudit.core.results import Result
 from robaudit.eval.artifacts import amplified
 from robaudit.grading import cell_label, source_kind
-from robaudit.report.build import Report
+from robaudit.reporting.build import Report
 
 MAX_SERIES = 10
 MAX_ARTIFACT_BYTES = 25 * 1024 * 1024
@@ -305,7 +305,7 @@ def targeted_per_class(report: Report) -> Plot | None:
 
 
 def parse_matrix(obj: Any) -> tuple[list[str], list[str], list[list[float]], str] | None:
-    """Read a transfer matrix in the one shape the audit writes (:func:`robaudit.audit.transfer_matrices`):
+    """Read a transfer matrix in the one shape the audit writes (:func:`robaudit.auditing.transfer_matrices`):
     ``{"rows": [...], "cols": [...], "values": [[...]], "metric": ...}``, a value a number or ``null``
     (not run). Returns ``(rows, cols, values, metric)``, or None for anything else, so a report leaves
     the heatmap out rather than guess."""

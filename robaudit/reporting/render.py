@@ -9,10 +9,10 @@ from pathlib import Path
 from robaudit.core.errors import BadInput
 from robaudit.core.results import Result
 from robaudit.grading import AuditInput
-from robaudit.report.build import Report, build_report, report_json
-from robaudit.report.html import render_html
-from robaudit.report.markdown import render_markdown
-from robaudit.report.pdf import html_to_pdf, require_chromium
+from robaudit.reporting.build import Report, build_report, report_json
+from robaudit.reporting.html import render_html
+from robaudit.reporting.markdown import render_markdown
+from robaudit.reporting.pdf import html_to_pdf, require_chromium
 
 FORMATS = ("html", "md", "pdf", "json")
 SUFFIX = {"html": ".html", "md": ".md", "pdf": ".pdf", "json": ".json"}

@@ -6,8 +6,8 @@ fence longer than any backtick run inside it, so it cannot inject markup or link
 from __future__ import annotations
 
 from robaudit.core.fmt import ICONS, fence, md
-from robaudit.report.build import Report
-from robaudit.report.html import context, jinja_env
+from robaudit.reporting.build import Report
+from robaudit.reporting.html import context, jinja_env
 
 MAX_ROWS = 15
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from robaudit.report.build import Report
-from robaudit.report.plots import Plot, _figure, _pct_axis, _png, _text
+from robaudit.reporting.build import Report
+from robaudit.reporting.plots import Plot, _figure, _pct_axis, _png, _text
 
 
 def mitigation_plot(report: Report) -> Plot | None:

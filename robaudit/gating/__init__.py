@@ -19,11 +19,11 @@ from pathlib import Path
 from robaudit.core.errors import BadInput
 from robaudit.core.files import is_step_summary, preflight_file, write_failure
 from robaudit.core.results import Result
-from robaudit.gate.checks import Check
-from robaudit.gate.outputs import junit_cases, summary_markdown, write_junit
-from robaudit.gate.policy import Policy, load_policy, parse_policy
-from robaudit.gate.rules import RULE_KINDS, Context, Selector
-from robaudit.gate.verdict import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_PASS, GateResult
+from robaudit.gating.checks import Check
+from robaudit.gating.outputs import junit_cases, summary_markdown, write_junit
+from robaudit.gating.policy import Policy, load_policy, parse_policy
+from robaudit.gating.rules import RULE_KINDS, Context, Selector
+from robaudit.gating.verdict import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_PASS, GateResult
 from robaudit.grading import AuditInput, adjusted_pvalues, as_input, assess, load_input
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from robaudit import __version__
 from robaudit.core.fmt import ICONS, md, pct
-from robaudit.gate.checks import Check
-from robaudit.gate.junit import Case, write_junit_cases
-from robaudit.gate.verdict import GateResult
+from robaudit.gating.checks import Check
+from robaudit.gating.junit import Case, write_junit_cases
+from robaudit.gating.verdict import GateResult
 
 
 def junit_cases(result: GateResult):

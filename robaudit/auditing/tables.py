@@ -14,10 +14,10 @@ from pydantic import BaseModel
 from robaudit import __version__
 from robaudit.attacks.lp import project
 from robaudit.attacks.predict import predict
-from robaudit.audit.cells import Cell
-from robaudit.audit.mitigation_stats import ReauditConfig, apply_family, mitigation_doc, section_pvalues
-from robaudit.audit.pooled import pool_results, pooled_comparisons
-from robaudit.audit.recipes import AuditRecipe
+from robaudit.auditing.cells import Cell
+from robaudit.auditing.mitigation_stats import ReauditConfig, apply_family, mitigation_doc, section_pvalues
+from robaudit.auditing.pooled import pool_results, pooled_comparisons
+from robaudit.auditing.recipes import AuditRecipe
 from robaudit.core.provenance import command_line, environment, now_iso
 from robaudit.core.stats import REPLICATE_INTERVAL, REPLICATE_TEST, mcnemar_exact
 from robaudit.data import load_task

@@ -20,7 +20,7 @@ from robaudit.core.fmt import pct
 from robaudit.core.results import Rate, Result
 from robaudit.core.specs import NORM_ALIASES
 from robaudit.core.stats import proportion_ci
-from robaudit.gate.checks import Check
+from robaudit.gating.checks import Check
 from robaudit.grading import Assessment, cell_label, severity_rank, source_kind
 
 Bound = Literal["upper", "value", "lower"]

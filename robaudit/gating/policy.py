@@ -1,4 +1,4 @@
-"""A gate policy: ``[[rule]]`` tables in TOML, validated into :mod:`~robaudit.gate.rules` objects."""
+"""A gate policy: ``[[rule]]`` tables in TOML, validated into :mod:`~robaudit.gating.rules` objects."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from robaudit.core.errors import BadInput
 from robaudit.core.files import read_toml
-from robaudit.gate.rules import RULE_KINDS, RULES, _Strict
+from robaudit.gating.rules import RULE_KINDS, RULES, _Strict
 
 Rule = Annotated[Union[RULES], Field(discriminator="kind")]
 
