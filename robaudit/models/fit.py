@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from robaudit.core.console import info, progress
 from robaudit.core.errors import RuntimeFailure
-from robaudit.core.files import atomic_write_text
+from robaudit.core.files import atomic_write_text, read_json
 from robaudit.models.normalize import channels_last_model
 
 #: ``loss_fn(module, xb, yb, gen, step) -> (loss, counts)``: the loss of one (augmented, on-device) batch
@@ -118,7 +118,7 @@ def fit(model, net, x, y, plan: FitPlan, ckpt: Checkpoint, *, loss_fn: LossFn, o
 
     start, history = 0, []
     if resume and ckpt.meta_file.is_file() and ckpt.state_file.is_file():
-        meta = json.loads(ckpt.meta_file.read_text())
+        meta = read_json(ckpt.meta_file, "training checkpoint metadata", "delete it to restart the run")
         if meta.get("fingerprint") == ckpt.fingerprint:
             saved = load_file(str(ckpt.state_file))
             net.load_state_dict({k[4:]: t for k, t in saved.items() if k.startswith("net.")})

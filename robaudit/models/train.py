@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from robaudit.core.bounds import Float32, PositiveFloat32
 from robaudit.core.device import resolve_device
 from robaudit.core.errors import BadInput
 from robaudit.core.provenance import now_iso, versions
@@ -39,8 +40,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float | None = Field(None, gt=0, description="default: 1e-3 fine-tuning, 3e-3 scratch, 1e-2 linear")
-    weight_decay: float = Field(1e-4, ge=0)
+    lr: PositiveFloat32 | None = Field(None, description="default: 1e-3 fine-tuning, 3e-3 scratch, 1e-2 linear")
+    weight_decay: Float32 = Field(1e-4, ge=0)
     optimizer: str = Field("adamw", pattern="^(adamw|sgd)$")
     image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=16, le=1024)
     seed: int = 0

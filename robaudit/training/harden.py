@@ -35,6 +35,7 @@ from robaudit.attacks.lp import perturb
 from robaudit.attacks.predict import predict
 from robaudit.attacks.uap.registry import create, lookup
 from robaudit.attacks.uap.state import UAPSettings, UAPState
+from robaudit.core.bounds import Float32, PositiveFloat32
 from robaudit.core.device import resolve_device
 from robaudit.core.errors import BadInput, Interrupted
 from robaudit.core.provenance import now_iso, versions
@@ -57,14 +58,14 @@ class HardenConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(64, ge=2)
-    lr: float = Field(3e-4, gt=0, description="peak learning rate (one-cycle), lower than training: a fine-tune")
-    weight_decay: float = Field(1e-4, ge=0)
+    lr: PositiveFloat32 = Field(3e-4, description="peak learning rate (one-cycle), lower than training: a fine-tune")
+    weight_decay: Float32 = Field(1e-4, ge=0)
     norm: Norm = "l2"
     zeta: float = Field(0.04, gt=0, le=1, description="eps as a fraction of the task's mean image norm (as uap)")
     source: Literal["train", "imagenet", "both"] = Field("train", description="what the inner UAP is built from "
                                                          "(train: the strongest in benchmarks/README.md)")
     attacker: Literal["fgsm", "sgd"] = "fgsm"
-    step_size: float | None = Field(None, gt=0, description="inner attacker's step (default: the engine's)")
+    step_size: PositiveFloat32 | None = Field(None, description="inner attacker's step (default: the engine's)")
     adv_weight: float = Field(1.0, ge=0, le=1, description="share of the loss on x + v (1: Shafahi et al.'s "
                               "min-max, the strongest measured)")
     train_limit: int | None = Field(None, ge=1)
