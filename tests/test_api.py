@@ -125,3 +125,22 @@ def test_bad_arguments_are_one_line(grey):
         ra.uap(model, only_test, source="natural", select="none", controls=0)
     with pytest.raises(ra.BadInput, match="bogus"):
         ra.uap(model, only_test, bogus=1)
+
+
+def test_report_and_gate_are_library_calls(tmp_path):
+    """ra.report / ra.gate on the committed example: the CLI's reading (severity, exit code) from Python."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cells = sorted((root / "reports/example/cells").glob("*/result.json"))
+    cell = next(c for c in cells if (r := ra.load_result(c)).attack.threat_model == "white-box natural"
+                and not r.attack.targeted and r.attack.norm == "l2")
+    result = ra.load_result(cell)
+    md = ra.report(result, tmp_path / "r.md")
+    assert md.read_text().startswith("#") and "Vulnerable" in md.read_text()
+    assert ra.report(root / "reports/example/audit.json", tmp_path / "a.html").stat().st_size > 10_000
+    verdict = ra.gate(result, root / "docs/policy.example.toml")
+    assert verdict.exit_code() in (0, 1) and verdict.exit_code() == ra.gate(cell, root / "docs/policy.example.toml")\
+        .exit_code()
+    with pytest.raises(ra.BadInput):
+        ra.gate(result, tmp_path / "missing.toml")
