@@ -469,7 +469,7 @@ def test_artifact_paths_cannot_leave_the_run_folder(tmp_path):
     from robaudit.reporting.html import render_html
 
     secret = tmp_path / "secret.png"
-    shutil.copy(Path(__file__).parent.parent / "robaudit" / "report" / "templates" / "report.html.j2", secret)
+    shutil.copy(Path(__file__).parent.parent / "robaudit" / "reporting" / "templates" / "report.html.j2", secret)
     png = tmp_path / "outside.png"
     from matplotlib.figure import Figure
 
