@@ -17,7 +17,7 @@ import torch
 from robaudit.core.errors import BadInput, Interrupted, RobauditError, RuntimeFailure, UnsafeCheckpoint
 from robaudit.core.results import Result, load_result
 from robaudit.core.specs import UAPConfig, UAPSpec, make_config
-from robaudit.data import Data, TaskData
+from robaudit.data import Data
 from robaudit.data import load_data as _load_data
 from robaudit.models import Model
 from robaudit.models import load_model as _load_model
@@ -93,30 +93,26 @@ def uap(model: Model | str, data: Data | str | None = None, *, source: str | Pat
         photos, source_name = source, "tensor"
     else:
         source_name = str(source)
+    if data is not None and not isinstance(data, (Data, str, Path)):
+        raise BadInput(f"data is a {type(data).__name__}", "pass ra.Data(test=(x, y), val=..., train=...) or a "
+                       "task name")
+    # a Data object is handed over as it is; a data name is resolved by the run (at the model's input size)
+    task = data.task if isinstance(data, Data) else None
+    data_name = task.full_name if task is not None else (str(data) if data is not None else None)
+    if isinstance(model, (str, Path)) and task is not None:
+        model = load_model(model, device=cfg.device)
     if isinstance(model, Model):
-        task = data.task if isinstance(data, Data) else None
-        spec = UAPSpec(**cfg.model_dump(), model=model.name, source=source_name,
-                       data=data if isinstance(data, str) else (task.full_name if task is not None else None))
-        if task is None and isinstance(data, str):
-            task = _load_data(data).task
+        spec = UAPSpec(**cfg.model_dump(), model=model.name, source=source_name, data=data_name)
         given = Given(model=model, task=task, photos=photos)
     elif isinstance(model, (str, Path)):
         path = Path(str(model))
         by_path = path.is_file() or path.suffix in (".safetensors", ".pt", ".pth", ".bin")
-        if isinstance(data, Data):
-            lm = load_model(model, device=cfg.device)
-            spec = UAPSpec(**cfg.model_dump(), model=lm.name, source=source_name, data=data.task.full_name)
-            given = Given(model=lm, task=data.task, photos=photos)
-        else:
-            spec = UAPSpec(**cfg.model_dump(), model=None if by_path else str(model),
-                           checkpoint=str(model) if by_path else None, source=source_name, data=data)
-            given = Given(photos=photos)
+        spec = UAPSpec(**cfg.model_dump(), model=None if by_path else str(model),
+                       checkpoint=str(model) if by_path else None, source=source_name, data=data_name)
+        given = Given(photos=photos)
     else:
         raise BadInput(f"model is a {type(model).__name__}", "pass ra.Model(net, classes=..., mean=..., std=..., "
                        "input_size=...), a zoo name or a checkpoint path")
-    if data is not None and not isinstance(data, (Data, str, Path)):
-        raise BadInput(f"data is a {type(data).__name__}", "pass ra.Data(test=(x, y), val=..., train=...) or a "
-                       "task name")
     return run_spec(spec, out=out, init=init, quiet=not progress, given=given)
 
 
@@ -138,6 +134,7 @@ def attack(model: Model, data: Data, *, attack: str = "pgd", eps: list[float] | 
     per epsilon, the worst case per image; the same call as ``robaudit attack``."""
     from robaudit.attacks.backends import resolve
     from robaudit.attacks.persample import check_eps, check_steps, run_attack
+    from robaudit.data.images import to_channels
     from robaudit.models.loading import check_classes
 
     spec, norm, backend = resolve(attack, norm, backend, targeted=target is not None)
@@ -146,8 +143,6 @@ def attack(model: Model, data: Data, *, attack: str = "pgd", eps: list[float] | 
     task = data.task
     check_classes(model.classes, task.label_names, task.full_name)
     x, y = task.tensors(split, size=model.input_size, limit=eval_limit, seed=seed)
-    from robaudit.data.images import to_channels
-
     x = to_channels(x, model.channels)
     return run_attack(model.module, x, y, attack=spec.name, eps=eps_list, norm=norm, backend=backend, steps=steps,
                       target=model.resolve_target(target), random_start=random_start, class_names=model.classes,
@@ -199,7 +194,3 @@ def gate(result: Result | str | Path, policy: str | Path):
         raise BadInput(res.errors[0].message, "fix the policy, or set optional = true on rules whose cells may be "
                        "absent")
     return res
-
-
-# the TaskData interface of Data is internal; listed so type checkers see it is deliberate
-_ = TaskData

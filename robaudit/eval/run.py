@@ -159,10 +159,9 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
     else:
         lm, task = given.model, given.task
         if task is None:
-            task = load_task(spec.data or lm.card.task or "", size=lm.card.input_size) if (spec.data or lm.card.task) \
-                else None
-        if task is None:
-            raise BadInput("no data given for a model without a task", "pass data=ra.Data(test=(x, y), ...)")
+            if not (spec.data or lm.card.task):
+                raise BadInput("no data given for a model without a task", "pass data=ra.Data(test=(x, y), ...)")
+            task = load_task(spec.data or lm.card.task, size=lm.card.input_size)
         check_classes(lm.classes, task.label_names, task.full_name)
     size, ch = lm.card.input_size, lm.channels
     target = lm.resolve_target(spec.target)
