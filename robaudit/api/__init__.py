@@ -53,6 +53,7 @@ class UAPRun:
     _clean: torch.Tensor | None = None
     _adv: torch.Tensor | None = None
     out_dir: Path | None = None
+    _per_image: dict | None = None  # predictions.csv's labels, scores and image ids
 
     def save(self, out: str | Path, *, reports: bool = True) -> Path:
         """The CLI's run folder: result.json, spec.json, uap.npy, uap.png, examples.png, predictions.npz, and
@@ -64,7 +65,7 @@ class UAPRun:
         if self.out_dir is not None and self.out_dir.resolve() == out.resolve():
             return out  # written by the run itself
         write_run(out, self.result, self.v, self._x_eval, self._clean, self._adv, self.result.model.classes,
-                  self.spec)
+                  self.spec, **(self._per_image or {}))
         if reports:
             write_reports([self.result], out, formats=("html", "md"))
         return out
@@ -123,7 +124,7 @@ def run_spec(spec: UAPSpec, *, out: str | Path | None = None, init: torch.Tensor
 
     out_dir = Path(out) if out is not None else None
     run = run_uap(spec, out_dir=out_dir, quiet=quiet, init=init, given=given)
-    return UAPRun(run.result, run.v, spec, run.x_eval, run.clean, run.adv, out_dir)
+    return UAPRun(run.result, run.v, spec, run.x_eval, run.clean, run.adv, out_dir, run.per_image)
 
 
 def attack(model: Model, data: Data, *, attack: str = "pgd", eps: list[float] | None = None, norm: str | None = None,

@@ -19,6 +19,7 @@ def uap(
     model: Annotated[Optional[str], _o(S, "model", "--model", "-m")] = _d(S, "model"),
     source: Annotated[str, _o(S, "source", "--source", "-s")] = _d(S, "source"),
     data: Annotated[Optional[str], _o(S, "data")] = _d(S, "data"),
+    critical_class: Annotated[Optional[str], _o(S, "critical_class")] = _d(S, "critical_class"),
     checkpoint: Annotated[Optional[Path], _o(S, "checkpoint")] = _d(S, "checkpoint"),
     arch: Annotated[Optional[str], _o(S, "arch")] = _d(S, "arch"),
     trust_checkpoint: Annotated[bool, _o(S, "trust_checkpoint", "--trust-checkpoint")] = _d(S, "trust_checkpoint"),

@@ -23,7 +23,9 @@ from robaudit.core.bounds import Count, Fraction
 from robaudit.core.errors import BadInput
 from robaudit.core.files import read_json, validate
 
-SCHEMA_VERSION = "1.2"  # 1.1: attacker strength (threat model, budget, selection, candidates); 1.2: replicates
+#: 1.1: attacker strength (threat model, budget, selection, candidates); 1.2: replicates;
+#: 1.3: model format and preprocessing provenance, harm by diagnosis
+SCHEMA_VERSION = "1.3"
 SCHEMA_PATH = Path(__file__).parents[1] / "schema" / "result.schema.json"
 #: slack for float round-off when checking that an interval holds its value
 _TOL = 1e-9
@@ -123,6 +125,53 @@ class ControlRate(_Model):
     def _ordered(self) -> ControlRate:
         _check_interval(self.value, self.ci, holds=False)  # a t-interval over draws, clipped to [0, 1]
         return self
+
+
+class ClassHarm(_Model):
+    """One class's sensitivity (recall: images of the class called the class) and specificity (images of
+    other classes not called it), on clean images and under the perturbation, each paired test on the
+    same images (exact McNemar on per-image correctness)."""
+
+    index: int
+    name: str
+    sensitivity_clean: Rate
+    sensitivity_adv: Rate
+    sensitivity_p: Fraction | None = Field(default=None, description="exact McNemar, clean vs adversarial "
+                                           "correctness of this class's images (None: no images)")
+    specificity_clean: Rate
+    specificity_adv: Rate
+    specificity_p: Fraction | None = None
+
+
+class CriticalHarm(_Model):
+    """The declared critical class (the disease a missed call harms): how often the perturbation hides it
+    or raises it where it is absent."""
+
+    index: int
+    name: str
+    source: str = Field(description="where the critical class came from: 'flag' (--critical-class), 'card' "
+                        "(dataset card critical_class), 'built-in' (robaudit's table for a shipped data set)")
+    missed_disease: Rate = Field(description="of the critical class's images the model detects clean, the share "
+                                 "the perturbation turns into another class")
+    false_alarm: Rate = Field(description="of the other classes' images the model clean does not call critical, "
+                              "the share the perturbation turns into the critical class")
+    control_missed_disease: Fraction | None = Field(default=None, description="the same for the median control "
+                                                    "draw (the draw the McNemar test uses)")
+    control_false_alarm: Fraction | None = None
+    missed_disease_p: Fraction | None = Field(default=None, description="exact McNemar: missed by the UAP vs "
+                                              "missed by the median control draw, same images")
+    direction: Literal["hides disease", "raises false alarms"] | None = Field(
+        default=None, description="a targeted cell's clinical direction: toward another class hides the critical "
+        "class (the clinically worst direction), toward it raises false alarms; None when not targeted")
+
+
+class Harm(_Model):
+    """Harm by diagnosis: per-class sensitivity and specificity before and after, and the critical class's
+    missed-disease and false-alarm rates (the transition matrix is ``metrics.confusion``)."""
+
+    classes: list[ClassHarm]
+    critical: CriticalHarm | None = None
+    test: str = "mcnemar-exact"
 
 
 class Control(_Model):
@@ -287,6 +336,7 @@ class Result(_Model):
     per_eps: list[EpsilonResult] | None = None
     min_norm: MinNorm | None = None
     pooled: PooledInfo | None = Field(default=None, description="set on a row pooled over training replicates")
+    harm: Harm | None = Field(default=None, description="harm by diagnosis (UAP cells, schema 1.3)")
     artifacts: dict[str, str] = Field(default_factory=dict, description="file names in the run folder")
     notes: list[str] = Field(default_factory=list)
 

@@ -137,6 +137,9 @@ class UAPSpec(UAPConfig):
     arch: str | None = Field(None, description="timm architecture (or package.module:Class) of the checkpoint")
     trust_checkpoint: bool = Field(False, description="allow pickled code in a torch checkpoint")
     data: str | None = Field(None, description="task name or path; default: the model's own task")
+    critical_class: str | None = Field(None, description="the class whose missed call harms (the disease), name or "
+                                       "index: its missed-disease and false-alarm rates lead the report (default: "
+                                       "the dataset card's critical_class)")
     source: str = Field("imagenet", description="imagenet, natural (photos in wheels), train, or a folder")
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ kept in ``$ROBAUDIT_HOME/rescued/`` (or the temp folder) with a message saying w
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import shutil
@@ -38,6 +39,41 @@ from robaudit.core.specs import UAPSpec
 PARTIAL = "uap.partial.npy"
 ARTIFACTS = {"perturbation": "uap.npy", "perturbation_png": "uap.png", "examples_png": "examples.png",
              "predictions": "predictions.npz"}
+PREDICTIONS_CSV = "predictions.csv"
+#: predictions.csv's columns, one row per evaluated image, in the order of the evaluated images
+PREDICTION_COLUMNS = ("index", "label", "clean", "adv", "clean_score", "adv_score", "control_adv")
+
+
+def image_ids(task, split: str, limit: int | None, seed: int) -> list[str]:
+    """Each evaluated image's identity: its position in the data's split, or its file (relative to the folder
+    root) for an image folder: what a reviewer needs to pull a record back to the image."""
+    idx = task.select(split, limit, seed)
+    folder = getattr(task, "_folder", None) if getattr(task, "kind", "") == "folder" else None
+    if folder:
+        root = Path(task.path)
+        return [str(p.relative_to(root)) if p.is_relative_to(root) else p.name
+                for p in (folder[split][int(i)][0] for i in idx)]
+    return [str(int(i)) for i in idx]
+
+
+def write_predictions_csv(path: Path, ids, labels, clean, adv, classes: list[str], records=None) -> None:
+    """predictions.csv: one row per evaluated image (:data:`PREDICTION_COLUMNS`); classes by name, scores the
+    softmax of the predicted class, ``control_adv`` the median control draw's prediction (empty without one)."""
+    labels, clean, adv = (np.asarray(a).astype(int).reshape(-1) for a in (labels, clean, adv))
+    name = (lambda k: classes[k]) if classes else str
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PREDICTION_COLUMNS)
+    for i in range(len(clean)):
+        row = [ids[i] if ids is not None else i, name(labels[i]), name(clean[i]), name(adv[i])]
+        if records is not None:
+            ctrl = records.control_adv
+            row += [f"{records.clean_score[i]:.6f}", f"{records.adv_score[i]:.6f}",
+                    name(int(ctrl[i])) if ctrl is not None else ""]
+        else:
+            row += ["", "", ""]
+        w.writerow(row)
+    atomic_write_text(path, buf.getvalue())
 
 
 def amplified(a: np.ndarray) -> tuple[np.ndarray, float]:
@@ -117,7 +153,8 @@ def guard_output(out_dir: Path | None) -> Iterator[None]:
                 pass
 
 
-def write_run(out_dir: Path, result: Result, v, x_eval, clean, adv, classes: list[str], spec: UAPSpec) -> None:
+def write_run(out_dir: Path, result: Result, v, x_eval, clean, adv, classes: list[str], spec: UAPSpec, *,
+              labels=None, records=None, ids=None) -> None:
     """Write uap.npy, predictions.npz, the PNGs and spec.json, then result.json; drop a resumed partial.
 
     One transaction: every file goes into a temporary folder inside ``out_dir`` and is renamed into place,
@@ -131,7 +168,7 @@ def write_run(out_dir: Path, result: Result, v, x_eval, clean, adv, classes: lis
             shutil.rmtree(old, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
         try:
-            _write_files(staging, result, v, x_eval, clean, adv, classes, spec)
+            _write_files(staging, result, v, x_eval, clean, adv, classes, spec, labels, records, ids)
             (out_dir / "result.json").unlink(missing_ok=True)
             for f in sorted(staging.iterdir(), key=lambda f: f.name == "result.json"):
                 os.replace(f, out_dir / f.name)
@@ -147,12 +184,16 @@ def write_run(out_dir: Path, result: Result, v, x_eval, clean, adv, classes: lis
                              (f" (--init {kept} starts from the kept perturbation)" if kept else "")) from None
 
 
-def _write_files(folder: Path, result: Result, v, x_eval, clean, adv, classes: list[str], spec: UAPSpec) -> None:
+def _write_files(folder: Path, result: Result, v, x_eval, clean, adv, classes: list[str], spec: UAPSpec,
+                 labels=None, records=None, ids=None) -> None:
     np.save(folder / ARTIFACTS["perturbation"], _numpy(v))
     np.savez_compressed(folder / ARTIFACTS["predictions"], clean=np.asarray(clean), adv=np.asarray(adv))
     save_uap_png(v, folder / ARTIFACTS["perturbation_png"])
     save_examples_png(x_eval, v, clean, adv, classes, folder / ARTIFACTS["examples_png"], clip=spec.clip)
     result.artifacts = dict(ARTIFACTS)
+    if labels is not None:
+        write_predictions_csv(folder / PREDICTIONS_CSV, ids, labels, clean, adv, classes, records)
+        result.artifacts["predictions_csv"] = PREDICTIONS_CSV
     atomic_write_text(folder / "spec.json", spec.model_dump_json(indent=2))
     atomic_write_text(folder / "result.json", result.model_dump_json(indent=2))
 
@@ -219,3 +260,21 @@ def load_partial(out_dir: Path | None):
     path = out_dir / PARTIAL
     return load_perturbation(path, "partial perturbation", f"delete {path} to start afresh (an interrupted run "
                              "leaves it to resume from)")
+
+
+#: the attack libraries a run may use, in the bill of materials beside the environment robaudit records
+BOM_PACKAGES = ("adversarial-robustness-toolbox", "foolbox", "torchattacks", "torchvision", "scipy", "statsmodels")
+
+
+def software_versions() -> dict[str, str]:
+    """Installed versions of :data:`BOM_PACKAGES` ('not installed' when absent): a reviewer's bill of materials
+    names every library that could have computed a number."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in BOM_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

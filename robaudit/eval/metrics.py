@@ -8,14 +8,17 @@ of the target class beside it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
+from robaudit.attacks.lp import perturb
 from robaudit.attacks.outcomes import outcome_metrics
-from robaudit.attacks.predict import Images, predict_draws
-from robaudit.core.results import Comparison, Control, ControlRate, Metrics
-from robaudit.core.stats import mcnemar_exact, mean_ci
+from robaudit.attacks.predict import Images, model_device, predict_draws
+from robaudit.core.results import ClassHarm, Comparison, Control, ControlRate, CriticalHarm, Harm, Metrics
+from robaudit.core.stats import mcnemar_exact, mean_ci, rate
 
 
 def _np(t) -> np.ndarray:
@@ -64,3 +67,98 @@ def compare_to_control(uap_outcomes, control_outcomes) -> Comparison:
                   note=f"exact McNemar on the same {uap.size} images: UAP vs control draw {draw} of {len(ctrl)} "
                        "(the draw with the median rate); a_only = UAP only, b_only = control only")
     return Comparison(test="mcnemar-exact", p_value=p, statistic=stat, detail=detail)
+
+
+# ------------------------------------------------------------------------------- harm by diagnosis
+def _paired_p(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Exact McNemar p of paired outcomes (None on no images)."""
+    return mcnemar_exact(a, b)[1] if a.size else None
+
+
+def harm_metrics(clean_pred, adv_pred, labels, class_names: Sequence[str], *, critical: int | None = None,
+                 critical_source: str | None = None, target: int | None = None, control_adv=None) -> Harm:
+    """Which way the diagnoses move: per class, sensitivity and specificity on clean images and on x + v
+    (Wilson intervals, exact McNemar on the same images), and for a critical class the missed-disease rate
+    (correctly detected critical images turned into another class) and the false-alarm rate (images the model
+    correctly did not call critical turned into it), beside the median control draw's (``control_adv``)."""
+    clean, adv, y = _np(clean_pred).astype(int), _np(adv_pred).astype(int), _np(labels).reshape(-1).astype(int)
+    rows = []
+    for c, name in enumerate(class_names):
+        pos, neg = y == c, y != c
+        rows.append(ClassHarm(
+            index=c, name=name, sensitivity_clean=rate(clean[pos] == c), sensitivity_adv=rate(adv[pos] == c),
+            sensitivity_p=_paired_p(clean[pos] == c, adv[pos] == c),
+            specificity_clean=rate(clean[neg] != c), specificity_adv=rate(adv[neg] != c),
+            specificity_p=_paired_p(clean[neg] != c, adv[neg] != c)))
+    crit = None
+    if critical is not None:
+        detected = (y == critical) & (clean == critical)
+        cleared = (y != critical) & (clean != critical)
+        missed, alarm = adv[detected] != critical, adv[cleared] == critical
+        ctrl = _np(control_adv).astype(int) if control_adv is not None else None
+        direction = None if target is None else "raises false alarms" if target == critical else "hides disease"
+        crit = CriticalHarm(
+            index=critical, name=class_names[critical], source=critical_source or "flag", missed_disease=rate(missed),
+            false_alarm=rate(alarm), direction=direction,
+            control_missed_disease=float(np.mean(ctrl[detected] != critical)) if ctrl is not None and
+            detected.any() else None,
+            control_false_alarm=float(np.mean(ctrl[cleared] == critical)) if ctrl is not None and
+            cleared.any() else None,
+            missed_disease_p=_paired_p(missed, ctrl[detected] != critical) if ctrl is not None else None)
+    return Harm(classes=rows, critical=crit)
+
+
+@dataclass
+class PerImage:
+    """What predictions.csv holds beyond the predicted classes: the softmax of each predicted class, and the
+    median control draw's prediction (the draw the paired test uses)."""
+
+    clean_score: np.ndarray
+    adv_score: np.ndarray
+    control_adv: np.ndarray | None = None
+
+
+def _top_scores(model: nn.Module, images: Tensor, v: Tensor | None, clip: bool, batch_size: int, device) \
+        -> tuple[np.ndarray, np.ndarray]:
+    dev = model_device(model, device)
+    preds, scores = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(dev, torch.float32)
+            p = model(x if v is None else perturb(x, v.to(dev), clip)).float().softmax(1)
+            s, k = p.max(1)
+            preds.append(k.cpu())
+            scores.append(s.cpu())
+    return torch.cat(preds).numpy(), torch.cat(scores).numpy()
+
+
+def per_image(model: nn.Module, images: Tensor, v: Tensor, control_v: Tensor | None = None, *, clip: bool = True,
+              batch_size: int = 256, device=None) -> PerImage:
+    """Softmax scores of the predicted class on x and x + v, and the predictions on x + ``control_v``."""
+    _, clean_score = _top_scores(model, images, None, clip, batch_size, device)
+    _, adv_score = _top_scores(model, images, v, clip, batch_size, device)
+    ctrl = None
+    if control_v is not None:
+        ctrl = _top_scores(model, images, control_v.reshape(1, *control_v.shape[-3:]), clip, batch_size, device)[0]
+    return PerImage(clean_score, adv_score, ctrl)
+
+
+def critical_of(flag: str | None, task, classes: Sequence[str]) -> tuple[int | None, str | None]:
+    """The critical class's index and where it came from: ``flag`` ('flag': --critical-class, a name or index),
+    else the task's dataset card or robaudit's built-in table (see :func:`robaudit.data.cards.critical_class`)."""
+    from robaudit.core.errors import BadInput
+    from robaudit.data.cards import critical_class
+
+    classes = list(classes)
+    if flag is not None:
+        if flag in classes:
+            return classes.index(flag), "flag"
+        if flag.isdigit() and int(flag) < len(classes):
+            return int(flag), "flag"
+        raise BadInput(f"--critical-class {flag!r} is not one of the model's classes ({', '.join(classes)})",
+                       "pass a class name or index")
+    card = getattr(task, "card", None)
+    if card is None:
+        return None, None
+    name, source = critical_class(card, getattr(task, "view", None), classes)
+    return (classes.index(name), source) if name is not None else (None, None)

@@ -37,8 +37,10 @@ from robaudit.core.results import (
 from robaudit.core.specs import UAPSpec
 from robaudit.data import load_task
 from robaudit.data.images import to_channels
-from robaudit.eval.artifacts import PARTIAL, guard_output, load_partial, save_partial, write_run
-from robaudit.eval.metrics import compare_to_control, control_metrics, uap_metrics
+from robaudit.eval.artifacts import PARTIAL, guard_output, image_ids, load_partial, save_partial, software_versions, \
+    write_run
+from robaudit.eval.metrics import PerImage, compare_to_control, control_metrics, critical_of, harm_metrics, \
+    per_image, uap_metrics
 from robaudit.eval.sources import in_channels, tensor_source, uap_source
 from robaudit.models import LoadedModel, load_model, load_model_and_task
 from robaudit.models.factory import imagenet_classifier
@@ -64,6 +66,7 @@ class RunOutput:
     x_eval: torch.Tensor | None = None  # what the run folder's pictures and predictions are drawn from
     clean: torch.Tensor | None = None
     adv: torch.Tensor | None = None
+    per_image: dict | None = None  # write_run's labels, records and ids (predictions.csv)
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Measured:
     uap_norm: float
     control: Control | None
     comparison: Comparison | None
+    records: PerImage | None = None  # predictions.csv's scores and control predictions
 
 
 @dataclass
@@ -144,9 +148,11 @@ def _run_uap(spec: UAPSpec, out_dir: Path | None, quiet: bool, init, given: Give
         keep_partial(prep, v, out_dir)
     measured = measure(prep, v)
     result = record(prep, outcome, measured, seconds)
+    per_image = dict(labels=prep.y_eval, records=measured.records,
+                     ids=image_ids(prep.task, spec.split, spec.eval_limit, spec.seed))
     if out_dir is not None and prep.is_main:  # every rank holds the same v and metrics; rank 0 writes
-        write_run(out_dir, result, v, prep.x_eval, measured.clean, measured.adv, prep.lm.classes, spec)
-    return RunOutput(result, v, out_dir, prep.x_eval, measured.clean, measured.adv)
+        write_run(out_dir, result, v, prep.x_eval, measured.clean, measured.adv, prep.lm.classes, spec, **per_image)
+    return RunOutput(result, v, out_dir, prep.x_eval, measured.clean, measured.adv, per_image)
 
 
 def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None = None) -> Prepared:
@@ -165,6 +171,7 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
         check_classes(lm.classes, task.label_names, task.full_name)
     size, ch = lm.card.input_size, lm.channels
     target = lm.resolve_target(spec.target)
+    critical_of(spec.critical_class, task, lm.classes)  # a wrong --critical-class fails before any compute
     if spec.eps is None and "train" not in task.splits:
         raise BadInput(f"zeta needs the task's training images (its reference norm), and {task.full_name!r} has "
                        "no train split", "pass train=(x, y) to Data, or an absolute eps=")
@@ -348,11 +355,13 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
         control, outcomes = control_metrics(lm.module, prep.x_eval, noises, clean, target=prep.target,
                                             clip=spec.clip, batch_size=256, device=lm.device, kind=spec.control_kind)
         comparison = compare_to_control(success_vector(clean.numpy(), adv.numpy(), prep.target), outcomes)
+    median = noises[comparison.detail["control_draw"]] if comparison is not None else None
+    records = per_image(lm.module, prep.x_eval, v, median, clip=spec.clip, device=lm.device)
     sel = prep.outcome.selection if prep.outcome is not None else None
     if sel is not None:  # each checked v on the reported split: the trajectory's test rates
         prep.test_rates = [_success_rate(lm.module, prep.x_eval, clean, vk, prep.target, spec.clip, lm.device)
                            for vk in sel.snapshots]
-    return Measured(clean, adv, metrics, achieved, control, comparison)
+    return Measured(clean, adv, metrics, achieved, control, comparison, records)
 
 
 def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> Result:
@@ -384,10 +393,13 @@ def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> 
     notes.append(_preprocessing_note(prep))
     if spec.amp:
         notes.append("UAP built under bfloat16 autocast (--amp); every metric measured in float32")
-    env = environment(lm.device) | {"seed": spec.seed} | ({"distributed": prep.group.info()} if prep.group else {})
+    critical, critical_source = critical_of(spec.critical_class, task, lm.classes)
+    harm = harm_metrics(m.clean, m.adv, prep.y_eval, lm.classes, critical=critical, critical_source=critical_source,
+                        target=target, control_adv=m.records.control_adv if m.records else None)
+    env = environment(lm.device) | software_versions() | {"seed": spec.seed} | ({"distributed": prep.group.info()} if prep.group else {})
     return Result(robaudit_version=__version__, created=now_iso(), command=command_line() or None, environment=env,
                   model=lm.info(), data=task.data_info(spec.split, len(prep.x_eval)), attack=attack,
-                  metrics=m.metrics, control=m.control, comparison=m.comparison, notes=notes)
+                  metrics=m.metrics, control=m.control, comparison=m.comparison, harm=harm, notes=notes)
 
 
 def _preprocessing_note(prep: Prepared) -> str:
