@@ -70,8 +70,16 @@ def _check_size(path: Path, total: int | None = None) -> None:
     limit = max_model_bytes()
     size = path.stat().st_size if total is None else total
     if size > limit:
-        raise BadInput(f"model file {str(path)!r} is {size / 2**20:,.0f} MiB, over robaudit's limit of "
-                       f"{limit / 2**20:,.0f} MiB", "raise ROBAUDIT_MAX_MODEL_BYTES if the file is what you expect")
+        what = "with its external data " if total is not None else ""
+        raise BadInput(f"model file {str(path)!r} {what}is {_human(size)}, over robaudit's limit of {_human(limit)}",
+                       "raise ROBAUDIT_MAX_MODEL_BYTES if the file is what you expect")
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 # ---------------------------------------------------------------------------------------------- sniffing
@@ -608,7 +616,9 @@ def _load_export(path: Path, trust: bool) -> tuple[nn.Module, str | None]:
         note = "exported in training mode: batch norm and dropout switched to eval"
     for p in gm.parameters():
         p.requires_grad_(False)
-    gm.train = _no_train.__get__(gm)  # GraphModule.eval() raises for unlifted programs; eval is fixed above
+    for m in gm.modules():  # the flag says what the graph does now; GraphModule.eval() raises for these
+        m.training = False
+    gm.train = _no_train.__get__(gm)
     gm.eval = _no_train.__get__(gm)
     if batch:
         said = f"exported with a fixed batch size {batch}: run in chunks (export with dynamic_shapes for speed)"
