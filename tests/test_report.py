@@ -38,6 +38,7 @@ from robaudit.core.results import (
     TargetedRate,
 )
 from robaudit.core.stats import mcnemar_exact, mean_ci, proportion_ci, rate
+from robaudit.eval.metrics import harm_metrics
 
 DATA = Path(os.environ.get("ROBAUDIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 HOSTILE = "<script>window.__pwned=1</script>"
@@ -113,7 +114,7 @@ def _uap_cell(zeta, source, target, draws, seed, model_name, init, classes, comm
     adv = _scores(m, xte + v).argmax(1)
     fooled = adv != clean
     rng = np.random.default_rng(seed)
-    ctrl_fool, ctrl_tsr, ctrl_vecs = [], [], []
+    ctrl_fool, ctrl_tsr, ctrl_vecs, ctrl_preds = [], [], [], []
     for _ in range(draws):
         r = rng.standard_normal(xte.shape[1])
         r *= eps / np.linalg.norm(r)
@@ -121,7 +122,9 @@ def _uap_cell(zeta, source, target, draws, seed, model_name, init, classes, comm
         ctrl_fool.append(float((pr != clean).mean()))
         ctrl_tsr.append(float((pr == target).mean()) if target is not None else 0.0)
         ctrl_vecs.append(pr != clean)
-    median = ctrl_vecs[int(np.argsort(ctrl_fool)[len(ctrl_fool) // 2])]
+        ctrl_preds.append(pr)
+    median_draw = int(np.argsort(ctrl_fool)[len(ctrl_fool) // 2])
+    median = ctrl_vecs[median_draw]
     stat, p, detail = mcnemar_exact(fooled, median)
     conf = np.zeros((7, 7), int)
     np.add.at(conf, (clean, adv), 1)
@@ -157,6 +160,8 @@ def _uap_cell(zeta, source, target, draws, seed, model_name, init, classes, comm
                                                  draws=ctrl_fool),
                         targeted_success_rate=ctsr),
         comparison=Comparison(test="mcnemar-exact", p_value=p, statistic=stat, detail=detail),
+        harm=harm_metrics(clean, adv, yte, classes, critical=classes.index("melanoma") if "melanoma" in classes else
+                          None, critical_source="card", target=target, control_adv=ctrl_preds[median_draw]),
     )
     return result, v.reshape(28, 28, 3).transpose(2, 0, 1)
 
@@ -421,9 +426,12 @@ def test_html_report_is_self_contained_with_every_section(real_run):
     from robaudit.reporting.html import render_html
 
     text = render_html(build_report(load_input(real_run)))
-    for section in ("verdict", "threat-model", "audited", "findings", "plots", "perturbation", "limitations",
-                    "mitigations"):
-        assert f'<section id="{section}">' in text
+    # a reader's order: verdict, harm and findings first, the reviewer's section, the technical appendix last
+    order = [text.index(f'<section id="{s}">') for s in ("verdict", "harm", "findings", "review", "plots",
+                                                         "perturbation", "appendix")]
+    assert order == sorted(order)
+    for part in ("threat-model", "models", "data", "settings", "bom", "limitations", "mitigations"):
+        assert f'<h3 id="{part}">' in text
     tags = parse_tags(text)
     # nothing is fetched: every src/href is a data: URI or an in-page anchor; no scripts at all
     for tag, attrs in tags:
@@ -526,10 +534,15 @@ def test_markdown_is_a_compact_summary(real_audit):
     md = render_markdown(rep, max_rows=5)
     lines = md.splitlines()
     assert lines[0].startswith("## ") and "CRITICAL" in lines[0]
-    table = [ln for ln in lines if ln.startswith("| ") and "zeta=" in ln]
+    from robaudit.core.fmt import ICONS
+
+    table = [ln for ln in lines if ln.startswith(tuple(f"| {ICONS[s]} " for s in ("critical", "high", "moderate",
+                                                                                     "low", "none")))]
     assert len(table) == 5 and "… and 4 more cell(s)" in md
+    harm = [ln for ln in lines if ln.startswith("| ") and "| melanoma |" in ln]
+    assert len(harm) == 5 and "**Harm by diagnosis**" in md and "**Limitations**" in md
     assert "**Per-sample attacks**" in md and "<details>" in md and "robaudit audit skin_ridge --recipe quick" in md
-    assert len(md) < 6000 and "data:image" not in md
+    assert len(md) < 12000 and "data:image" not in md  # the reviewer's part is folded in <details>
 
 
 def test_report_json_lists_every_finding(real_audit, capsys):

@@ -420,7 +420,61 @@ class MaxAccuracyDrop(_PairRule):
         return check
 
 
+class MaxMissedDiseaseRate(GateRule):
+    """The missed-disease rate of each matched UAP cell (of the critical class's images the model detects clean,
+    the share x + v turns into another class) is at most ``max`` on ``bound``; targeted cells are included (a
+    perturbation toward a benign class is the clinically worst direction). Needs a critical class (dataset card
+    ``critical_class`` or ``--critical-class``): cells without one are an error, not a pass."""
+
+    kind: Literal["max_missed_disease_rate"]
+    max: float = Field(ge=0, le=1)
+    bound: Bound = "upper"
+
+    def applies(self, cell: Result) -> bool:
+        return super().applies(cell) and cell.harm is not None and cell.harm.critical is not None
+
+    def check(self, i: int, cell: Result, ctx: Context) -> Check:
+        c = cell.harm.critical
+        r = c.missed_disease
+        ctrl = f", median control draw {pct(c.control_missed_disease)}" if c.control_missed_disease is not None else ""
+        return _limit(self, cell_label(cell), f"missed {c.name} rate {_BOUND_TEXT[self.bound]}",
+                      _bound(r, self.bound), self.max, "<=", f"{_rate_text(r)} of correctly detected {c.name}{ctrl}")
+
+
+class MaxSensitivityDrop(GateRule):
+    """The sensitivity (recall) of class ``class`` (default: the critical class) falls by at most ``max`` absolute
+    points from clean images to x + v in each matched UAP cell. ``bound = "upper"``: the upper end of Newcombe's
+    interval for the drop, which ignores the pairing and so is conservative for paired images."""
+
+    kind: Literal["max_sensitivity_drop"]
+    max: float = Field(ge=0, le=1, description="absolute points of sensitivity, 0.1 = 10 points")
+    class_name: str | None = Field(default=None, alias="class", description="class name or index (default: the "
+                                   "critical class)")
+    bound: Literal["value", "upper"] = "value"
+
+    def applies(self, cell: Result) -> bool:
+        return super().applies(cell) and cell.harm is not None and (self.class_name is not None or
+                                                                     cell.harm.critical is not None)
+
+    def check(self, i: int, cell: Result, ctx: Context) -> Check:
+        rows = cell.harm.classes
+        want = self.class_name if self.class_name is not None else cell.harm.critical.name
+        row = next((r for r in rows if r.name == want or (want.isdigit() and r.index == int(want))), None)
+        if row is None:
+            return self.error(cell, f"cell {cell_label(cell)} has no class {want!r} (it has "
+                              f"{', '.join(r.name for r in rows)})")
+        b, a = row.sensitivity_clean, row.sensitivity_adv
+        v = b.value - a.value
+        if self.bound == "upper":
+            from statsmodels.stats.proportion import confint_proportions_2indep
+
+            v = float(confint_proportions_2indep(b.k, b.n, a.k, a.n, method="newcomb")[1])
+        p = f", paired exact McNemar p = {row.sensitivity_p:.2g}" if row.sensitivity_p is not None else ""
+        return _limit(self, cell_label(cell), f"{row.name} sensitivity drop {_BOUND_TEXT[self.bound]}", v, self.max,
+                      "<=", f"clean {pct(b.value)} -> {pct(a.value)} under the UAP, n={b.n}{p}")
+
+
 #: every rule kind; a policy's ``[[rule]]`` tables are parsed into these by their ``kind``
 RULES = (MaxFoolingRate, MaxTargetedSuccess, MaxControlRatio, MinCleanAccuracy, MaxPerSampleSuccess, MaxSeverity,
-         RequireCells, MinUAPReduction, MaxAccuracyDrop)
+         RequireCells, MinUAPReduction, MaxAccuracyDrop, MaxMissedDiseaseRate, MaxSensitivityDrop)
 RULE_KINDS = tuple(r.model_fields["kind"].annotation.__args__[0] for r in RULES)

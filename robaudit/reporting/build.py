@@ -24,6 +24,7 @@ from robaudit.grading import (
     severity_rank,
     source_kind,
 )
+from robaudit.reporting.review import bill_of_materials, harm_line
 
 
 @dataclass(kw_only=True)
@@ -87,7 +88,9 @@ def build_report(results: Result | Sequence[Result] | AuditInput, *, tables: dic
                                            assessments[i].effect_lower or 0.0, assessments[i].value or 0.0))
         severity = assessments[headline].severity
         h, cell = assessments[headline], ai.cells[headline]
-        summary = f"{cell_label(cell)}: {h.measure} {h.value:.1%} [{h.ci[0]:.1%}, {h.ci[1]:.1%}]"
+        harm = harm_line(cell)  # the direction of the change leads where a critical class is declared
+        summary = f"{cell_label(cell)}: " + (f"{harm}; " if harm else "") + \
+            f"{h.measure} {h.value:.1%} [{h.ci[0]:.1%}, {h.ci[1]:.1%}]"
         if h.control is not None:
             summary += f" vs random control {h.control:.1%}"
         if h.p_value is not None:
@@ -126,8 +129,9 @@ def report_json(report: Report) -> dict[str, Any]:
             "p_adjusted": a.p_adjusted, "beyond_control": a.beyond_control, "effect_lower": a.effect_lower,
             "reason": a.reason, "replicate": cell.model.replicate,
             "pooled": cell.pooled.model_dump() if cell.pooled else None,
+            "harm": cell.harm.model_dump() if cell.harm else None,
         })
     return {"kind": "robaudit-report", "robaudit_version": __version__, "result_schema": SCHEMA_VERSION,
             "title": report.title, "severity": report.severity, "verdict": report.verdict,
             "summary": report.summary, "headline": report.headline, "counts": report.counts(),
-            "severity_rule": SEVERITY_RULE, "findings": findings}
+            "severity_rule": SEVERITY_RULE, "bill_of_materials": bill_of_materials(report), "findings": findings}

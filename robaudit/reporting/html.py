@@ -16,6 +16,7 @@ from robaudit.grading import SEVERITY_RULE, cell_label, severity_rank, source_ki
 from robaudit.reporting.build import Report
 from robaudit.reporting.mitigation import mitigation_plots
 from robaudit.reporting.plots import find_artifact, image_artifact, make_plots, perturbation
+from robaudit.reporting.review import fact_limitations, review_context
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -26,7 +27,8 @@ SOURCE_KIND_TEXT = {"natural": "natural photos", "task": "task images", "other":
 
 
 def num(x: Any) -> str:
-    """Numbers in 4 significant digits, everything else as text; None -> ''."""
+    """Numbers in 4 significant digits, everything else as text; None -> ''. A mapping reads as ``key value``
+    pairs (never raw JSON: a reader's report shows values, audit.json keeps the structure)."""
     if x is None:
         return ""
     if isinstance(x, bool):
@@ -36,7 +38,7 @@ def num(x: Any) -> str:
     if isinstance(x, (list, tuple)):
         return ", ".join(num(v) for v in x)
     if isinstance(x, dict):
-        return json.dumps(x, default=str, sort_keys=True)
+        return "; ".join(f"{k} {num(v)}" for k, v in x.items() if not isinstance(v, (dict, list)) or len(v) <= 4)
     return str(x)
 
 
@@ -142,18 +144,58 @@ def generic_table(value: Any) -> dict[str, Any]:
         for r in value:
             cols += [str(k) for k in r if str(k) not in cols]
         return {"columns": cols, "rows": [[r.get(c) for c in cols] for r in value]}
-    return {"text": json.dumps(value, indent=2, default=str)[:20000]}
+    return {"text": "not a table: the values are in audit.json"}
+
+
+OUTCOME_FIELDS = ("seconds", "uap_norm", "source_fooling_rate", "interrupted", "zeta_reference", "eps_scale")
+
+
+def cell_details(report: Report) -> list[dict[str, Any]]:
+    """Per cell, for the technical appendix: how v was chosen and the run's own outcomes (time, achieved norm)."""
+    out = []
+    for c in report.cells:
+        items = [(f.replace("_", " "), num(getattr(c.attack, f))) for f in OUTCOME_FIELDS
+                 if getattr(c.attack, f) not in (None, "", False)]
+        sel = _selection_text(c.attack)
+        if sel:
+            items.append(("selection", sel))
+        out.append({"label": cell_label(c), "facts": items})
+    return out
+
+
+def audit_facts(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """An audit document's facts as a reader wants them (recipe, cells, run time, test family, replicates); the
+    structures themselves (recipe, environment, p-value lists, matrices) stay in audit.json."""
+    out = []
+    recipe = meta.get("recipe")
+    if isinstance(recipe, dict) and recipe.get("name"):
+        out.append(("recipe", str(recipe["name"])))
+    counts = meta.get("counts")
+    if isinstance(counts, dict):
+        out.append(("cells", ", ".join(f"{v} {k}" for k, v in counts.items())))
+    if isinstance(meta.get("seconds"), (int, float)):
+        out.append(("run time", f"{meta['seconds']:.0f} s"))
+    mc = meta.get("multiple_comparison")
+    if isinstance(mc, dict):
+        fams = mc.get("families") if isinstance(mc.get("families"), dict) else {}
+        out.append(("multiple comparisons", f"{mc.get('method', '')} over {mc.get('family_size', '?')} tests" +
+                    (f" ({', '.join(f'{k}: {v}' for k, v in fams.items())})" if len(fams) > 1 else "")))
+    rep = meta.get("replicates")
+    if isinstance(rep, dict) and (rep.get("per_configuration") or 1) > 1:
+        out.append(("training replicates", f"{rep['per_configuration']} per configuration, "
+                    f"{rep.get('attack_seeds', 1)} attack seed(s) each"))
+    for key in ("created", "robaudit_version", "schema_version"):
+        if isinstance(meta.get(key), (str, int, float)):
+            out.append((key.replace("_", " "), str(meta[key])))
+    out.append(("full record", "audit.json (recipe, environment, every p-value, transfer matrices)"))
+    return out
 
 
 def limitations(report: Report) -> list[str]:
     """What this report cannot show, from the data at hand first, then the method's standing caveats."""
     cells = report.cells
     uap = [c for c in cells if c.attack.kind == "uap"]
-    out = []
-    small = sorted({c.metrics.fooling_rate.n for c in uap if c.metrics and c.metrics.fooling_rate.n < 500})
-    if small:
-        out.append(f"Small evaluation sets (n = {', '.join(map(str, small))}): intervals are wide; the severity "
-                   "uses the pessimistic bound, so the true effect may be larger.")
+    out = fact_limitations(report)
     if any(c.control is None for c in uap):
         out.append("Some cells have no random control, so their effect cannot be separated from noise "
                    "sensitivity.")
@@ -171,9 +213,10 @@ def limitations(report: Report) -> list[str]:
     refs = sorted({c.attack.zeta_reference for c in uap if c.attack.zeta_reference})
     if refs:
         out.append(f"Perturbation size zeta is relative to the mean norm over: {'; '.join(refs)}.")
+    if uap and not any(c.attack.threat_model == "zero-knowledge surrogate" for c in uap):
+        out.append("UAPs were computed with the audited model's gradients (white-box). An attacker without the "
+                   "weights would use a surrogate, typically weaker; a transfer matrix, where present, measures that.")
     out += [
-        "UAPs were computed with the audited model's gradients (white-box). An attacker without the weights "
-        "would use a surrogate, typically weaker; a transfer matrix, where present, measures that.",
         "The fooling rate counts changed predictions against the clean prediction, not the true label; "
         "targeted success counts images already in the target class (the clean rate is shown beside it).",
         "Findings hold for the exact model and data versions listed (hashes above); retrain, re-audit.",
@@ -250,7 +293,8 @@ def context(report: Report, with_plots: bool = True) -> dict[str, Any]:
         commands.insert(0, report.meta["command"])
     envs = _unique([(json.dumps(c.environment, sort_keys=True, default=str), c.environment) for c in cells
                     if c.environment])
-    notes = _unique([(n, n) for c in cells for n in c.notes])
+    doc_notes = report.meta.get("notes") if isinstance(report.meta.get("notes"), list) else []
+    notes = _unique([(str(n), str(n)) for n in doc_notes] + [(n, n) for c in cells for n in c.notes])
     attack_cols, attack_table = attack_rows(report)
     ctx: dict[str, Any] = {
         "r": report, "title": report.title, "severity": report.severity, "verdict": report.verdict,
@@ -262,13 +306,14 @@ def context(report: Report, with_plots: bool = True) -> dict[str, Any]:
         "versions": sorted({c.robaudit_version for c in cells}),
         "schemas": sorted({c.schema_version for c in cells}),
         "created": sorted({c.created for c in cells}),
-        "meta": {k: v for k, v in report.meta.items() if k not in ("kind", "command")},
+        "meta": audit_facts(report.meta), "cell_details": cell_details(report),
         "tables": {str(k): generic_table(v) for k, v in report.tables.items()},
         "n_cells": len(cells), "plots": [], "perturbation": None, "examples": None, "headline_label": None,
     }
     if report.headline is not None:
         h = report.assessments[report.headline]
         ctx.update(headline=h, headline_cell=cells[report.headline], headline_label=cell_label(cells[report.headline]))
+    ctx.update(review_context(report))
     if with_plots:
 
         ctx["plots"] = make_plots(report) + mitigation_plots(report)
