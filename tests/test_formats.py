@@ -164,7 +164,8 @@ def test_head_layouts_are_mapped(tmp_path):
     assert nf.note == "head classifier.* read as classifier.1.*"
     with torch.no_grad():
         assert torch.allclose(nf.net(x), tv(x), atol=1e-5)
-    with pytest.raises(BadInput, match=r"^checkpoint's head classifier.1.weight has 2 classes but 3 are expected"):
+    with pytest.raises(BadInput, match=r"^checkpoint has a 2-class head but the model expects 3 classes "
+                                       r"\(classifier.1.weight \(2, 1280\)\)"):
         _load(path, arch="torchvision:efficientnet_b0", num_classes=3)
 
 

@@ -400,7 +400,8 @@ def _fit(net: nn.Module, label: str, state: dict, num_classes: int, channels: in
     if head and f"{head}.weight" in state:
         n = int(state[f"{head}.weight"].shape[0])
         if n != num_classes:
-            raise BadInput(f"checkpoint's head {head}.weight has {n} classes but {num_classes} are expected",
+            raise BadInput(f"checkpoint has a {n}-class head but the model expects {num_classes} classes "
+                           f"({head}.weight {tuple(state[f'{head}.weight'].shape)})",
                            f"pass --classes naming the head's {n} outputs in order, or the matching checkpoint")
     own_state = net.state_dict()
     missing = [k for k in own_state if k not in state]
