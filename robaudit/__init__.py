@@ -7,11 +7,11 @@ submodule or the CLI does not import the whole stack. The contract is ``__all__`
 
 from __future__ import annotations
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
-__all__ = ["BadInput", "Data", "Interrupted", "Model", "Result", "RobauditError", "RuntimeFailure", "UAPConfig",
-           "UAPRun", "UnsafeCheckpoint", "__version__", "attack", "audit", "gate", "load_data", "load_model",
-           "load_result", "report", "uap"]
+__all__ = ["BadInput", "Data", "Interrupted", "Model", "ModelCheck", "Result", "RobauditError", "RuntimeFailure",
+           "UAPConfig", "UAPRun", "UnsafeCheckpoint", "__version__", "attack", "audit", "check", "gate", "load_data",
+           "load_model", "load_result", "report", "uap"]
 
 def __getattr__(name: str):
     if name in __all__:  # resolved at first use: every layer may import robaudit (for __version__) without a cycle

@@ -15,25 +15,59 @@ from typing import Any
 import torch
 
 from robaudit.core.errors import BadInput, Interrupted, RobauditError, RuntimeFailure, UnsafeCheckpoint
+from robaudit.core.files import validate
 from robaudit.core.results import Result, load_result
-from robaudit.core.specs import UAPConfig, UAPSpec, make_config
+from robaudit.core.specs import ModelRef, UAPConfig, UAPSpec, make_config
 from robaudit.data import Data
 from robaudit.data import load_data as _load_data
+from robaudit.eval.check import ModelCheck
 from robaudit.models import Model
 from robaudit.models import load_model as _load_model
 
-__all__ = ["BadInput", "Data", "Interrupted", "Model", "Result", "RobauditError", "RuntimeFailure", "UAPConfig",
-           "UAPRun", "UnsafeCheckpoint", "attack", "audit", "gate", "load_data", "load_model", "load_result",
-           "report", "uap"]
+__all__ = ["BadInput", "Data", "Interrupted", "Model", "ModelCheck", "Result", "RobauditError", "RuntimeFailure",
+           "UAPConfig", "UAPRun", "UnsafeCheckpoint", "attack", "audit", "check", "gate", "load_data", "load_model",
+           "load_result", "report", "uap"]
 
 
 def load_model(name_or_path: str | Path, *, arch: str | None = None, data: str | None = None,
-               device: str = "auto", trust_checkpoint: bool = False) -> Model:
-    """A trained zoo model by name, or a checkpoint file (``arch`` and ``data`` unless a card sits beside it)."""
+               device: str = "auto", trust_checkpoint: bool = False, arch_kwargs: dict | None = None,
+               mean=None, std=None, input_size: int | None = None, channels: int | None = None,
+               classes: list[str] | None = None) -> Model:
+    """A trained zoo model by name, or a model file of any format robaudit reads (state_dict or safetensors
+    with ``arch``, TorchScript, torch.export, ONNX), detected by content.
+
+    ``mean``, ``std``, ``input_size``, ``channels`` and ``classes`` (the head's order) override the card
+    beside the file; what is not given comes from the card, the file or the arch's defaults, and the model
+    records where each value came from (``model.preprocessing()``). ``data`` names the classes when
+    nothing else does."""
     text = str(name_or_path)
-    if Path(text).is_file() or Path(text).suffix in (".safetensors", ".pt", ".pth", ".bin"):
-        return _load_model(checkpoint=text, arch=arch, device=device, trust_checkpoint=trust_checkpoint, task=data)
-    return _load_model(text, device=device, trust_checkpoint=trust_checkpoint)
+    is_file = Path(text).is_file() or Path(text).suffix in (".safetensors", ".pt", ".pth", ".bin", ".pt2", ".onnx")
+    ref = validate(ModelRef, {k: v for k, v in dict(
+        model=None if is_file else text, checkpoint=text if is_file else None, arch=arch, arch_kwargs=arch_kwargs,
+        trust_checkpoint=trust_checkpoint, mean=mean, std=std, input_size=input_size, channels=channels,
+        classes=classes).items() if v is not None})
+    kw = ref.load_kwargs()
+    return _load_model(kw.pop("model"), device=device, task=data, **kw)
+
+
+def check(model: Model | str | Path, data: Data | str | Path | None = None, *, split: str = "test",
+          limit: int | None = None, seed: int = 0) -> ModelCheck:
+    """Is this the model you meant, read as it was trained? Loads ``model`` and ``data`` as an audit would
+    (labels matched to the head by class name) and returns clean accuracy, balanced accuracy, the confusion
+    matrix, the preprocessing with its provenance, and warnings: below chance (an audit refuses it unless
+    forced) or predictions collapsed onto one class, the signs of a wrong class order or normalisation."""
+    from robaudit.eval.check import check_model
+    from robaudit.models.loading import match_task
+
+    if not isinstance(model, Model):
+        model = load_model(model, data=str(data) if isinstance(data, (str, Path)) else None)
+    if isinstance(data, Data):
+        task = data.task
+    else:
+        if not (data or model.card.task):
+            raise BadInput(f"model {model.name!r} has no task on its card", "pass data=ra.Data(...) or a task name")
+        task = _load_data(data or model.card.task, size=model.input_size).task
+    return check_model(model, match_task(model, task), split, limit=limit, seed=seed)
 
 
 def load_data(task_or_path: str | Path) -> Data:

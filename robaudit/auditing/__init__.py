@@ -56,7 +56,8 @@ def classes_of(model_or_ckpt) -> list[str]:
     """A recipe model's class names (a zoo name's card, or a checkpoint loaded on the CPU)."""
     if isinstance(model_or_ckpt, str):
         return read_card(model_dir(model_or_ckpt) / "card.json").classes
-    lm = load_model(checkpoint=model_or_ckpt.path, arch=model_or_ckpt.arch, task=model_or_ckpt.data, device="cpu")
+    kw = model_or_ckpt.load_kwargs()
+    lm = load_model(kw.pop("model"), task=model_or_ckpt.data, device="cpu", **kw)
     return lm.classes
 
 

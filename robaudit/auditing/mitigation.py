@@ -70,11 +70,14 @@ def reaudit_specs(original: dict, hardened: dict, rec: dict, cfg: ReauditConfig,
 
 def compare_hardened(original: str | None, out_dir: Path, config: ReauditConfig | None = None, *,
                      checkpoint: str | None = None, arch: str | None = None, hardened: str | None = None,
-                     resume: bool = True, quiet: bool = False) -> dict:
+                     resume: bool = True, quiet: bool = False, model_args: dict | None = None,
+                     data: str | None = None) -> dict:
     """Re-audit ``original`` and its hardened twin cell by cell into ``out_dir``; returns (and writes
     ``out_dir/harden.json``) an audit document with a ``mitigation`` section. Finished cells are reused."""
     cfg = config or ReauditConfig()
-    lm, task = load_model_and_task(original, checkpoint=checkpoint, arch=arch, device="cpu")
+    model_args = {k: v for k, v in (model_args or {}).items() if v not in (None, {}, False)}
+    lm, task = load_model_and_task(original, checkpoint=checkpoint, arch=arch, device="cpu", data=data,
+                                   **model_args)
     h_name = hardened or hardened_name(lm.card.name)
     if not is_trained(h_name):
         raise BadInput(f"hardened model {h_name!r} is not in the store", f"run 'robaudit harden {lm.card.name}'")
@@ -82,7 +85,9 @@ def compare_hardened(original: str | None, out_dir: Path, config: ReauditConfig 
     rec = _record(h_card)
     if rec["config"]["seed"] in rec["config"]["audit_seeds"]:  # HardenConfig refuses it; a hand-edited card
         raise BadInput("the hardening seed equals the audit seed; the re-audit would reuse hardening's draws")
-    orig = {"model": original} if checkpoint is None else {"checkpoint": str(checkpoint), "arch": arch}
+    orig = {"model": original} if checkpoint is None else {"checkpoint": str(checkpoint), "arch": arch, "data": data}
+    if checkpoint is not None:  # the re-audit reads the checkpoint as hardening did
+        orig |= {k: v for k, v in (model_args.pop("overrides", None) or {}).items()} | model_args
     specs = reaudit_specs(orig, {"model": h_name}, rec, cfg, lm.classes)
     out_dir = Path(out_dir)
     preflight_dir(out_dir)

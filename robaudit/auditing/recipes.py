@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from robaudit.core.errors import BadInput, unknown_name
 from robaudit.core.files import read_toml, validate
-from robaudit.core.specs import UAPSpec
+from robaudit.core.specs import ModelRef, UAPSpec
 from robaudit.models.train import TrainConfig
 from robaudit.models.zoo import REPLICATE_SEP, model_name, replicate_name
 
@@ -40,11 +40,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class CheckpointModel(_Strict):
+class CheckpointModel(ModelRef):
+    """A ``[[checkpoints]]`` entry: your model file (``path``) with the model options every command takes
+    (arch, arch_kwargs, trust_checkpoint, mean, std, input_size, channels, classes), its data and a name."""
+
     path: str
-    arch: str | None = None
     data: str | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _path_only(self) -> CheckpointModel:
+        if self.model or self.checkpoint:
+            raise ValueError("a [[checkpoints]] entry names its file with path = '...'")
+        return self
+
+    def spec_fields(self) -> dict:
+        """The entry as UAPSpec fields (the model arguments set, plus data)."""
+        ref = self.model_dump(include=set(ModelRef.model_fields) - {"model", "checkpoint"}, exclude_none=True)
+        return {**ref, "checkpoint": self.path, "data": self.data}
+
+    def load_kwargs(self) -> dict:
+        return {**super().load_kwargs(), "checkpoint": self.path}
 
 
 class TrainSettings(TrainConfig):
@@ -176,8 +192,7 @@ class AuditRecipe(_Strict):
                 targets = [None] + targets
             for target in targets:  # validated as the CLI validates a run: one BadInput line, never a traceback
                 specs.append(validate(UAPSpec, dict(
-                    model=name if ckpt is None else None, checkpoint=ckpt.path if ckpt else None,
-                    arch=ckpt.arch if ckpt else None, data=ckpt.data if ckpt else None, split=self.split,
+                    **(ckpt.spec_fields() if ckpt else {"model": name}), split=self.split,
                     eval_limit=self.eval_limit, source=source, source_limit=self.source_limit, norm=norm, zeta=zeta,
                     method=method, mode=self.mode if method == "fgsm" else "batched",
                     target=None if target is None else str(target), max_iter=self.max_iter,
@@ -187,8 +202,7 @@ class AuditRecipe(_Strict):
             if source != "train":  # zero-knowledge cells: the same attack built on each surrogate, never targeted
                 for surrogate in self.surrogates:
                     specs.append(validate(UAPSpec, dict(
-                        model=name if ckpt is None else None, checkpoint=ckpt.path if ckpt else None,
-                        arch=ckpt.arch if ckpt else None, data=ckpt.data if ckpt else None, split=self.split,
+                        **(ckpt.spec_fields() if ckpt else {"model": name}), split=self.split,
                         eval_limit=self.eval_limit, source=source, source_limit=self.source_limit, norm=norm,
                         zeta=zeta, method=method, mode=self.mode if method == "fgsm" else "batched",
                         max_iter=self.max_iter, batch_size=self.batch_size, controls=self.controls, clip=self.clip,

@@ -267,10 +267,11 @@ def transfer_matrices(done: list[Cell], recipe: AuditRecipe) -> list[dict]:
             row = []
             for b_cell in group:  # the diagonal goes through the same path: it must equal the cell's own rate
                 spec = b_cell.spec
-                if spec.model not in models_cache:
-                    models_cache[spec.model] = load_model(spec.model, checkpoint=spec.checkpoint, arch=spec.arch,
-                                                          device=spec.device, task=spec.data)
-                lm = models_cache[spec.model]
+                key = spec.model or spec.checkpoint  # checkpoints have no zoo name: one cache entry per file
+                if key not in models_cache:
+                    kw = spec.ref().load_kwargs()
+                    models_cache[key] = load_model(kw.pop("model"), device=spec.device, task=spec.data, **kw)
+                lm = models_cache[key]
                 size = lm.card.input_size
                 task = load_task(spec.data or lm.card.task, size=size)
                 x, _ = task.tensors(spec.split, size=size, limit=spec.eval_limit, seed=spec.seed)

@@ -7,16 +7,33 @@ from typing import Annotated, Optional
 
 import typer
 
+from robaudit.commands._options import (
+    ArchKwargsOpt,
+    ArchOpt,
+    ChannelsOpt,
+    CheckpointOpt,
+    ClassesOpt,
+    InputSizeOpt,
+    MeanOpt,
+    ModelOpt,
+    StdOpt,
+    TrustOpt,
+)
+
 
 def attack(
     attack_name: Annotated[str, typer.Option("--attack", "-a",
                                              help="fgsm, pgd, cw, deepfool, autoattack or fmn.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Zoo name (trained), e.g. skin_resnet50.")]
-    = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="A user checkpoint (.safetensors/.pt).")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="timm architecture of --checkpoint.")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint",
-                                                   help="Allow pickled code in a torch checkpoint.")] = False,
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    input_size: InputSizeOpt = None,
+    channels: ChannelsOpt = None,
+    classes: ClassesOpt = None,
     data: Annotated[Optional[str], typer.Option(help="Task or npz/folder to attack (default: the model's).")]
     = None,
     backend: Annotated[Optional[str], typer.Option(help="torchattacks, foolbox or art (default: the first that "
@@ -65,14 +82,14 @@ def attack(
     import json
 
     from robaudit.attacks.persample import run_attack
+    from robaudit.commands._options import model_ref
     from robaudit.commands._shared import default_out_dir, print_attack_summary, write_reports_best_effort
     from robaudit.core.console import print_json
     from robaudit.core.errors import RuntimeFailure
     from robaudit.core.files import atomic_write_text, keep_somewhere, os_error_text, preflight_dir, stamp
     from robaudit.models import load_model_and_task
 
-    lm, task = load_model_and_task(model, checkpoint=checkpoint, arch=arch, device=device,
-                                   trust_checkpoint=trust_checkpoint, data=data)
+    lm, task = load_model_and_task(device=device, data=data, **model_ref(locals()).load_kwargs())
     out_dir = out or default_out_dir(lm.card.name, spec.name, backend)
     preflight_dir(out_dir)  # before the attack: an unwritable --out is bad input now, not lost work later
     size = lm.card.input_size

@@ -1,4 +1,4 @@
-"""``robaudit data list`` and ``robaudit data fetch``."""
+"""``robaudit data list``, ``robaudit data show`` and ``robaudit data fetch``."""
 
 from __future__ import annotations
 
@@ -65,3 +65,29 @@ def fetch(
 
     path = fetch_medmnist(name, size)
     info(f"[green]saved[/] {path}")
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="Task name (skin, pneumonia-mini, ...), npz file or image folder.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Classes, counts per split and class, stored size, channels and value range of a task or folder."""
+    from rich.table import Table
+
+    import robaudit as ra
+    from robaudit.core.console import err, print_json
+
+    d = ra.load_data(name).describe()
+    if json_out:
+        print_json(d)
+        return
+    err.print(f"[bold]{d['name']}[/] ({d['kind']}): {len(d['classes'])} classes, "
+              f"{'grey (1 channel)' if d['grey'] else 'colour (3 channels)'}")
+    t = Table()
+    for col in ("split", "images", "stored size", "value range", *d["classes"]):
+        t.add_column(col[:20], justify="right")
+    for split, s in d["splits"].items():
+        t.add_row(split, str(s["n"]), "x".join(map(str, s["size"])) if s["size"] else "",
+                  f"{s['min']:.2f}..{s['max']:.2f}", *(str(s["per_class"][c]) for c in d["classes"]))
+    err.print(t)

@@ -7,12 +7,31 @@ from typing import Annotated, Optional
 
 import typer
 
+from robaudit.commands._options import (
+    ArchKwargsOpt,
+    ArchOpt,
+    ChannelsOpt,
+    CheckpointOpt,
+    ClassesOpt,
+    InputSizeOpt,
+    MeanOpt,
+    StdOpt,
+    TrustOpt,
+)
+
 
 def harden(
     model: Annotated[Optional[str], typer.Argument(help="Trained zoo name (a bare name hardens every trained "
                                                         "replicate; NAME@R one).")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="A user checkpoint (.safetensors/.pt) instead.")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="timm architecture of --checkpoint.")] = None,
+    checkpoint: CheckpointOpt = None,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    input_size: InputSizeOpt = None,
+    channels: ChannelsOpt = None,
+    classes: ClassesOpt = None,
     data: Annotated[Optional[str], typer.Option(help="Task of --checkpoint (default: its card's).")] = None,
     epochs: Annotated[int, typer.Option(help="Hardening epochs.")] = 4,
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 3e-4,
@@ -85,6 +104,12 @@ def harden(
                                         target=target, budget=budget, eval_limit=eval_limit,
                                         train_source_limit=train_source_limit, controls=controls, pgd_n=pgd_n,
                                         max_accuracy_drop=max_accuracy_drop, device=device), flag=True)
+    from robaudit.commands._options import model_ref
+
+    ref = model_ref({**locals(), "model": None})
+    model_args = ref.load_kwargs()
+    for k in ("model", "checkpoint", "arch"):
+        model_args.pop(k)
     names = replicates_of(model) if model is not None else [None]
     from robaudit.commands._shared import default_out_dir, write_reports_best_effort
     from robaudit.core.console import err, print_json
@@ -93,7 +118,7 @@ def harden(
     docs = []
     for name in names:
         card = harden_model(name, cfg, checkpoint=str(checkpoint) if checkpoint else None, arch=arch, data=data,
-                            device=device, resume=resume, quiet=json_out)
+                            device=device, resume=resume, quiet=json_out, model_args=model_args)
         if not json_out:
             m = card.metrics
             err.print(f"[green]hardened[/] {card.name}: test accuracy {m['test_accuracy']:.1%}, balanced "
@@ -103,7 +128,7 @@ def harden(
         base = out or default_out_dir("harden", card.name)
         out_dir = base / card.name if out is not None and len(names) > 1 else base
         doc = compare_hardened(name, out_dir, rcfg, checkpoint=str(checkpoint) if checkpoint else None, arch=arch,
-                               hardened=card.name, resume=resume, quiet=json_out)
+                               hardened=card.name, resume=resume, quiet=json_out, model_args=model_args, data=data)
         docs.append(doc)
         if not no_report:
             write_reports_best_effort(load_input(out_dir / "harden.json"), out_dir, out_dir / "harden.json")

@@ -1,10 +1,23 @@
-"""``robaudit models list`` and ``robaudit train MODEL``."""
+"""``robaudit models list``, ``robaudit models check`` and ``robaudit train MODEL``."""
 
 from __future__ import annotations
 
 from typing import Annotated, Optional
 
 import typer
+
+from robaudit.commands._options import (
+    ArchKwargsOpt,
+    ArchOpt,
+    ChannelsOpt,
+    CheckpointOpt,
+    ClassesOpt,
+    InputSizeOpt,
+    MeanOpt,
+    ModelOpt,
+    StdOpt,
+    TrustOpt,
+)
 
 app = typer.Typer(help="Zoo recipes and trained models in the store.", no_args_is_help=True)
 
@@ -100,3 +113,74 @@ def train(
     err.print(f"[green]trained[/] {card.name} (replicate {card.replicate}): test accuracy {m['test_accuracy']:.3f} "
               f"(majority class {m['test_majority_rate']:.3f}), val {m['val_accuracy']:.3f}, "
               f"{m['seconds']:.0f} s; weights from {card.weights_source}")
+
+
+@app.command("check")
+def check(
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    input_size: InputSizeOpt = None,
+    channels: ChannelsOpt = None,
+    classes: ClassesOpt = None,
+    data: Annotated[Optional[str], typer.Option(help="Task name or path (default: the model's own task).")] = None,
+    split: Annotated[str, typer.Option(help="Split to measure on.")] = "test",
+    eval_limit: Annotated[Optional[int], typer.Option(help="Measure on N images (seeded subset).", min=1)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Load a model and its data as an audit would; print what was assumed and how it scores.
+
+    Architecture, format, parameters, preprocessing and where each value came from, class order, then clean
+    and balanced accuracy and the confusion matrix. Warns when accuracy is below chance or predictions
+    collapse to one class (a wrong class order or normalisation); exit 1 when below chance."""
+    from rich.table import Table
+
+    import robaudit as ra
+    from robaudit.commands._options import model_ref
+    from robaudit.core.console import err, print_json, warn
+    from robaudit.core.fmt import pct
+
+    ref = model_ref(locals())
+    if not ref.model and not ref.checkpoint:
+        from robaudit.core.errors import BadInput
+
+        raise BadInput("no model given", "pass --model NAME or --checkpoint PATH")
+    lm = ra.load_model(ref.checkpoint or ref.model, data=data, **ref.model_dump(
+        include={"arch", "arch_kwargs", "trust_checkpoint", "mean", "std", "input_size", "channels", "classes"}))
+    chk = ra.check(lm, data, split=split, limit=eval_limit)
+    if json_out:
+        print_json(chk.to_dict())
+    else:
+        m, src = chk.model, chk.model["provenance"]
+        err.print(f"[bold]{m['name']}[/]: {m['arch']} read as {m['format']}, {m['parameters']:,} parameters, sha256 "
+                  f"{(m['sha256'] or '')[:12]}" + (f", ONNX parity {m['onnx_parity']:.2g}" if m["onnx_parity"]
+                                                   is not None else ""), soft_wrap=True)
+        pre = Table(title="preprocessing (what the audit applies)", title_justify="left")
+        for col in ("setting", "value", "from"):
+            pre.add_column(col)
+        for k in ("input_size", "channels", "mean", "std", "classes"):
+            v = m[k]
+            pre.add_row(k, ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+                        if isinstance(v, list) else str(v), src.get(k, "card"))
+        pre.add_row("interpolation", "bilinear (antialias)", "robaudit")
+        err.print(pre)
+        if chk.data.get("mapping"):
+            err.print("data labels mapped to the model's outputs by name: "
+                      + ", ".join(f"{a} -> {b}" for a, b in chk.data["mapping"].items()))
+        t = Table(title=f"{chk.data['name']} {chk.data['split']} (n={chk.n}): accuracy {pct(chk.clean_accuracy)}, "
+                  f"balanced {pct(chk.balanced_accuracy)}, chance {pct(chk.chance_accuracy)}; rows true, columns "
+                  "predicted", title_justify="left")
+        t.add_column("true \\ predicted")
+        for c in chk.classes:
+            t.add_column(c[:18], justify="right")
+        for c, row in zip(chk.classes, chk.confusion, strict=True):
+            t.add_row(c[:30], *(str(v) for v in row))
+        err.print(t)
+    for w in chk.warnings:
+        warn(w)
+    if chk.below_chance:
+        raise typer.Exit(1)

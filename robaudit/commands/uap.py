@@ -10,19 +10,38 @@ from typing import Annotated, Optional
 
 import typer
 
+from robaudit.commands._options import (
+    ArchKwargsOpt,
+    ArchOpt,
+    ChannelsOpt,
+    CheckpointOpt,
+    ClassesOpt,
+    InputSizeOpt,
+    MeanOpt,
+    ModelOpt,
+    StdOpt,
+    TrustOpt,
+)
 from robaudit.commands._options import field_default as _d
 from robaudit.commands._options import option as _o
 from robaudit.core.specs import UAPSpec as S
 
 
 def uap(
-    model: Annotated[Optional[str], _o(S, "model", "--model", "-m")] = _d(S, "model"),
+    model: ModelOpt = _d(S, "model"),
     source: Annotated[str, _o(S, "source", "--source", "-s")] = _d(S, "source"),
     data: Annotated[Optional[str], _o(S, "data")] = _d(S, "data"),
     critical_class: Annotated[Optional[str], _o(S, "critical_class")] = _d(S, "critical_class"),
-    checkpoint: Annotated[Optional[Path], _o(S, "checkpoint")] = _d(S, "checkpoint"),
-    arch: Annotated[Optional[str], _o(S, "arch")] = _d(S, "arch"),
-    trust_checkpoint: Annotated[bool, _o(S, "trust_checkpoint", "--trust-checkpoint")] = _d(S, "trust_checkpoint"),
+    checkpoint: CheckpointOpt = _d(S, "checkpoint"),
+    arch: ArchOpt = _d(S, "arch"),
+    arch_kwargs: ArchKwargsOpt = _d(S, "arch_kwargs"),
+    trust_checkpoint: TrustOpt = _d(S, "trust_checkpoint"),
+    mean: MeanOpt = _d(S, "mean"),
+    std: StdOpt = _d(S, "std"),
+    input_size: InputSizeOpt = _d(S, "input_size"),
+    channels: ChannelsOpt = _d(S, "channels"),
+    classes: ClassesOpt = _d(S, "classes"),
+    force: Annotated[bool, _o(S, "force", "--force")] = _d(S, "force"),
     norm: Annotated[str, _o(S, "norm")] = _d(S, "norm"),
     zeta: Annotated[Optional[float], _o(S, "zeta")] = _d(S, "zeta"),
     eps: Annotated[Optional[float], _o(S, "eps")] = _d(S, "eps"),
@@ -36,6 +55,10 @@ def uap(
     select_limit: Annotated[int, _o(S, "select_limit")] = _d(S, "select_limit"),
     select_every: Annotated[Optional[int], _o(S, "select_every")] = _d(S, "select_every"),
     patience: Annotated[Optional[int], _o(S, "patience")] = _d(S, "patience"),
+    stop_delta: Annotated[float, _o(S, "stop_delta")] = _d(S, "stop_delta"),
+    stop_window: Annotated[int, _o(S, "stop_window")] = _d(S, "stop_window"),
+    stop_confidence: Annotated[float, _o(S, "stop_confidence")] = _d(S, "stop_confidence"),
+    race_rung: Annotated[Optional[int], _o(S, "race_rung")] = _d(S, "race_rung"),
     restarts: Annotated[int, _o(S, "restarts")] = _d(S, "restarts"),
     surrogate: Annotated[Optional[str], _o(S, "surrogate")] = _d(S, "surrogate"),
     weights_file: Annotated[Optional[Path], _o(S, "weights_file")] = _d(S, "weights_file"),

@@ -204,6 +204,15 @@ class ModelInfo(_Model):
     channels: int | None = Field(default=None, description="input channels the audit fed the model")
     mean: list[float] | None = Field(default=None, description="per-channel mean robaudit subtracted ([0, 1] units)")
     std: list[float] | None = Field(default=None, description="per-channel std robaudit divided by")
+    format: str | None = Field(default=None, description="how the model was read: 'robaudit store', 'torch "
+                               "state_dict', 'safetensors state_dict', 'torchscript', 'torch.export', 'onnx', "
+                               "'module' (a live nn.Module)")
+    preprocessing: dict[str, Any] | None = Field(default=None, description="what the audit applied (mean, std, "
+                                                 "input_size, interpolation, channels, classes) and `source`: "
+                                                 "where each came from (card, flag, given, data, weights, model "
+                                                 "file, default)")
+    onnx_parity: float | None = Field(default=None, description="ONNX: max abs logit difference of the converted "
+                                      "module vs onnxruntime on real inputs")
 
 
 class DataInfo(_Model):
@@ -215,6 +224,25 @@ class DataInfo(_Model):
     path: str | None = None
 
 
+class StopRuleInfo(_Model):
+    """Stop once the upper confidence bound of the best v's selection-rate gain over the last ``window``
+    checks (exact conditional bound, paired on the selection images) is below ``delta``."""
+
+    window: int = Field(ge=1)
+    delta: Fraction
+    confidence: Fraction
+
+
+class RungResult(_Model):
+    """A candidate at one successive-halving cut."""
+
+    images: Count = Field(description="images seen at the cut")
+    selection_rate: SelectionRate | None = Field(default=None, description="its best v's selection rate there")
+    kept: bool
+    p_vs_leader: Fraction | None = Field(default=None, description="exact McNemar p of its best v against the "
+                                         "leader's on the selection images (None for the leader)")
+
+
 class TrajectoryPoint(_Model):
     """One check of v during a build: after ``images`` source images, ``seconds`` into the build."""
 
@@ -223,6 +251,8 @@ class TrajectoryPoint(_Model):
     selection_rate: Fraction = Field(description="success on the selection images (held out from the build)")
     test_rate: Fraction | None = Field(default=None, description="success of that v on the reported split "
                                     "(measured after the build, never used to choose)")
+    upper_gain: float | None = Field(default=None, description="the stop rule's upper confidence bound on the best "
+                                     "v's selection-rate gain over the last `window` checks, at this check")
 
 
 class SelectionInfo(_Model):
@@ -236,8 +266,16 @@ class SelectionInfo(_Model):
     best_rate: SelectionRate
     best_at: Count = Field(description="images seen when the chosen v was reached")
     final_rate: Fraction | None = Field(default=None, description="selection rate of the last v of the build")
-    plateau: bool = Field(default=False, description="the build stopped early: no gain in `patience` checks")
-    trajectory: list[TrajectoryPoint] = Field(default_factory=list)
+    plateau: bool = Field(default=False, description="the build stopped early (the stop rule, or `patience`)")
+    stop_rule: StopRuleInfo | None = Field(default=None, description="the statistical stop rule in force")
+    stop_reason: str | None = Field(default=None, description="why the build stopped early")
+    race_rungs: list[Count] = Field(default_factory=list, description="images seen at each successive-halving cut "
+                                    "(best / restarts on a stream)")
+    check_seconds: float | None = Field(default=None, description="seconds spent scoring v on the selection images "
+                                        "(all candidates)")
+    build_seconds: float | None = Field(default=None, description="seconds of the whole build (all candidates)")
+    trajectory: list[TrajectoryPoint] = Field(default_factory=list, description="the chosen candidate's checks; "
+                                              "seconds on the build's clock (all candidates)")
 
 
 class Candidate(_Model):
@@ -251,6 +289,9 @@ class Candidate(_Model):
     seconds: float | None = None
     chosen: bool = False
     skipped: str | None = Field(default=None, description="why this candidate was not run")
+    dropped_at: Count | None = Field(default=None, description="images seen when successive halving dropped it")
+    stop_reason: str | None = Field(default=None, description="why its build stopped early")
+    rungs: list[RungResult] = Field(default_factory=list, description="its result at every cut it reached")
 
 
 class AttackInfo(_Model):

@@ -6,12 +6,13 @@ Also the one table of norm spellings (``canonical_norm``) that the attack code a
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import to_json
 
-from robaudit.core.bounds import Float32, PositiveFloat32
+from robaudit.core.bounds import Float32, Fraction, PositiveFloat32
 from robaudit.core.errors import BadInput
 from robaudit.core.files import validate
 
@@ -29,7 +30,7 @@ def canonical_norm(norm: str | int | float) -> str:
     return NORM_ALIASES[key]
 
 
-Method = Literal["fgsm", "deepfool", "sgd", "best"]
+Method = Literal["fgsm", "deepfool", "sgd", "perphoto", "best"]
 
 #: published FGSM step sizes converted to [0,1] pixel units: they used 0.0005 (natural sources) and
 #: 0.0024 (training images) on inputs scaled to [-1,1], i.e. half of that here. Used by reference mode;
@@ -44,8 +45,11 @@ STREAM_CHUNK = 500
 
 #: bumped when the engine's numbers for an unchanged spec change, so cached cells are not reused
 #: (2: batched fgsm's linear step schedule and channels-last execution; 3: augmented photo streams,
-#: selection on held-out medical images, strongest-of)
-ENGINE_REVISION = 3
+#: selection on held-out medical images, strongest-of; 4: racing in best (fgsm, sgd, perphoto), the
+#: statistical stop rule instead of patience 6, 256 selection images)
+ENGINE_REVISION = 4
+#: methods `best` races (successive halving; benchmarks/README.md "Time to verdict")
+BEST_OF = ("fgsm", "sgd", "perphoto")
 
 
 #: the order UAPSpec's fields had up to 0.4: cache keys hash the fields in this order, so cells cached by
@@ -54,7 +58,9 @@ _KEY_ORDER = ("model", "checkpoint", "arch", "trust_checkpoint", "data", "split"
               "source_limit", "norm", "zeta", "eps", "method", "mode", "target", "max_iter", "step_size", "batch_size",
               "chunk_size", "controls", "control_kind", "clip", "seed", "device", "workers", "amp", "grayscale_source",
               "augment", "budget", "select", "select_limit", "select_every", "patience", "restarts", "surrogate",
-              "weights_file")
+              "weights_file",
+              # added in 0.5 (engine revision 4)
+              "stop_window", "stop_delta", "stop_confidence", "race_rung")
 
 
 class UAPConfig(BaseModel):
@@ -72,8 +78,9 @@ class UAPConfig(BaseModel):
                                description="eps as a fraction of the mean Lp norm of the task's training images "
                                "(default 0.04)")
     eps: Float32 | None = Field(None, description="absolute eps in [0,1] pixel units")
-    method: Method = Field("best", description="fgsm (published), sgd, deepfool, or best (the strongest of fgsm and "
-                           "sgd, and deepfool when affordable, by the selection split)")
+    method: Method = Field("best", description="fgsm (published, one step per photo), perphoto (each photo of a "
+                           "batch iterates until fooled, as published), sgd, deepfool, or best (fgsm, sgd and "
+                           "perphoto raced by successive halving on the selection split)")
     mode: Literal["batched", "reference"] = Field("batched", description="batched (fast) or reference (ART's exact "
                                                   "sequential loop, fgsm only)")
     target: str | None = Field(None, description="targeted UAP: class index or name")
@@ -98,10 +105,18 @@ class UAPConfig(BaseModel):
     select: Literal["val", "train", "none"] = Field("val", description="split v is chosen on during the build: val "
                                                     "(train when the task has none), train, or none (the blind "
                                                     "attacker's last v)")
-    select_limit: int = Field(128, ge=8, description="selection images")
+    select_limit: int = Field(256, ge=8, description="selection images (also what racing compares candidates on)")
     select_every: int | None = Field(None, ge=1, description="images between selection checks (default: about 16 "
                                      "checks over the build, >= 256)")
-    patience: int | None = Field(6, ge=1, description="stop after N selection checks without gain (None: never)")
+    patience: int | None = Field(None, ge=1, description="also stop after N selection checks without gain (None: the "
+                                 "stop rule alone)")
+    stop_delta: Fraction = Field(0.02, description="stop once the best v's gain over the last --stop-window checks "
+                                 "is below this (selection rate) at --stop-confidence; 0: run the whole budget")
+    stop_window: int = Field(3, ge=1, le=100, description="selection checks the stop rule's gain is measured over")
+    stop_confidence: float = Field(0.9, gt=0, lt=1, description="confidence of the stop rule's upper bound on the "
+                                     "gain (exact, paired on the selection images)")
+    race_rung: int | None = Field(None, ge=1, description="best: images each candidate gets before the first cut "
+                                  "(successive halving, rungs doubling); default an eighth of the budget, >= 128")
     restarts: int = Field(1, ge=1, le=20, description="builds per method with seeds seed, seed+1, ...; best kept")
     surrogate: str | None = Field(None, description="zero-knowledge: build v on 'pretrained' (the public ImageNet "
                                   "model of the audited arch), a zoo name or a checkpoint; the audited model is "
@@ -127,20 +142,98 @@ class UAPConfig(BaseModel):
         return self
 
 
-class UAPSpec(UAPConfig):
+def _comma_list(value):
+    """'0.62,0.52,0.48' (a CLI comma list) -> ['0.62', '0.52', '0.48']; one number -> [it]; lists and None pass."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+class ModelRef(BaseModel):
+    """Which model is audited, by name or file, and the preprocessing it takes: the one declaration of the
+    model arguments every command and ``ra.load_model`` share. Unset preprocessing fields come from the
+    model's card, then from the architecture's defaults; where each came from is recorded in the result."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str | None = Field(None, description="zoo name (trained), e.g. skin_resnet50")
+    checkpoint: str | None = Field(None, description="your model file: a state_dict (.pt/.safetensors), TorchScript, "
+                                   "torch.export (.pt2) or ONNX, detected by content")
+    arch: str | None = Field(None, description="architecture of a state_dict: a timm name, torchvision:NAME, or "
+                             "package.module:factory (your code)")
+    arch_kwargs: dict | None = Field(None, description="JSON keyword arguments for a package.module:factory arch, "
+                                     "e.g. '{\"spatial_dims\": 2, \"in_channels\": 1, \"out_channels\": 2}'")
+    trust_checkpoint: bool = Field(False, description="allow code in the model file (pickled objects, TorchScript)")
+    mean: tuple[Float32, ...] | None = Field(None, description="per-channel mean the model subtracts, [0, 1] units, "
+                                             "comma list (default: the card's, else the arch's)")
+    std: tuple[PositiveFloat32, ...] | None = Field(None, description="per-channel std the model divides by, comma "
+                                                    "list (default: the card's, else the arch's)")
+    input_size: int | None = Field(None, ge=8, le=4096, description="square input side the model takes, in pixels "
+                                   "(default: the card's, else the model file's or the arch's)")
+    channels: Literal[1, 3] | None = Field(None, description="input channels the model takes, 1 or 3 (default: the "
+                                           "card's, else read from the weights)")
+    classes: list[str] | None = Field(None, description="the head's class order by the data's class names, comma "
+                                      "list, e.g. nv,mel (default: the card's, else the data's order)")
+
+    @field_validator("mean", "std", "classes", mode="before")
+    @classmethod
+    def _split(cls, value):
+        return _comma_list(value)
+
+    @field_validator("arch_kwargs", mode="before")
+    @classmethod
+    def _json(cls, value):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc.msg} at character {exc.pos})") from None
+            if not isinstance(value, dict):
+                raise ValueError("must be a JSON object of keyword arguments")
+        return value
+
+    @model_validator(mode="after")
+    def _check_ref(self) -> ModelRef:
+        for what in ("mean", "std"):
+            vals = getattr(self, what)
+            allowed = (1, self.channels) if self.channels else (1, 3)
+            if vals is not None and len(vals) not in allowed:
+                raise ValueError(f"{what} needs one value per channel (or one for all), got {len(vals)}")
+        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
+            raise ValueError(f"classes must name at least two distinct classes, got {self.classes}")
+        if self.arch_kwargs is not None and not (self.arch and ":" in self.arch and not self.arch.startswith(
+                ("timm:", "torchvision:"))):
+            raise ValueError("arch_kwargs is for an arch of your own code (package.module:factory)")
+        return self
+
+    def preprocessing(self) -> dict:
+        """The preprocessing fields given (the loader's overrides)."""
+        return {k: getattr(self, k) for k in ("mean", "std", "input_size", "channels", "classes")
+                if getattr(self, k) is not None}
+
+    def load_kwargs(self) -> dict:
+        """Keyword arguments of :func:`robaudit.models.load_model_and_task` for this reference."""
+        return dict(model=self.model, checkpoint=self.checkpoint, arch=self.arch, arch_kwargs=self.arch_kwargs,
+                    trust_checkpoint=self.trust_checkpoint, overrides=self.preprocessing())
+
+
+#: ModelRef fields added after 0.4: hashed only when set, so unchanged specs keep their cache keys
+_NEW_KEYS = ("arch_kwargs", "mean", "std", "input_size", "channels", "classes", "critical_class")
+
+
+class UAPSpec(ModelRef, UAPConfig):
     """One UAP run by names (CLI, recipes, cache): what is audited, plus the :class:`UAPConfig` settings.
 
     Everything here determines the run's numbers and is hashed for caching and resume."""
 
-    model: str | None = Field(None, description="zoo name (trained), e.g. skin_resnet50")
-    checkpoint: str | None = Field(None, description="a checkpoint file (.safetensors/.pt) of your model")
-    arch: str | None = Field(None, description="timm architecture (or package.module:Class) of the checkpoint")
-    trust_checkpoint: bool = Field(False, description="allow pickled code in a torch checkpoint")
     data: str | None = Field(None, description="task name or path; default: the model's own task")
     critical_class: str | None = Field(None, description="the class whose missed call harms (the disease), name or "
                                        "index: its missed-disease and false-alarm rates lead the report (default: "
                                        "the dataset card's critical_class)")
     source: str = Field("imagenet", description="imagenet, natural (photos in wheels), train, or a folder")
+    force: bool = Field(False, description="audit a model that is below chance on the data (a wrong class order or "
+                        "normalisation, usually)")
 
     @model_validator(mode="after")
     def _check(self) -> UAPSpec:
@@ -149,6 +242,10 @@ class UAPSpec(UAPConfig):
         if not self.model and not self.checkpoint:
             raise ValueError("give --model NAME or --checkpoint PATH")
         return self
+
+    def ref(self) -> ModelRef:
+        """The model arguments alone."""
+        return ModelRef(**self.model_dump(include=set(ModelRef.model_fields)))
 
     def config(self) -> UAPConfig:
         """The settings alone (what a library call takes as keyword arguments)."""
@@ -162,7 +259,9 @@ class UAPSpec(UAPConfig):
         """Hash of every field that alters the numbers (device and worker count excluded)."""
         skip = {"device", "workers"} | (set() if self.amp else {"amp"})
         dump = self.model_dump()
-        payload = to_json({k: dump[k] for k in _KEY_ORDER if k not in skip}).decode()
+        keyed = {k: dump[k] for k in _KEY_ORDER if k not in skip}
+        keyed.update({k: dump[k] for k in _NEW_KEYS if dump[k] is not None})
+        payload = to_json(keyed).decode()
         return hashlib.sha256(f"{ENGINE_REVISION}:{payload}".encode()).hexdigest()[:20]
 
     @property

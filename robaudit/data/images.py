@@ -37,12 +37,32 @@ def read_image(path: Path) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()
-                return np.asarray(im.convert("RGB"))
+                return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DecodeError(f"{path}: declares more than {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)"
                           ) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, MemoryError) as exc:
         raise DecodeError(f"{path}: {exc}") from None
+
+
+def image_header(path: Path) -> tuple[tuple[int, int], bool] | None:
+    """((height, width), single-channel) from a file's header without decoding its pixels; None if unreadable.
+    DICOM: grey when SamplesPerPixel is 1."""
+    if path.suffix.lower() in DICOM_EXTS:
+        try:
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return (int(ds.Rows), int(ds.Columns)), int(getattr(ds, "SamplesPerPixel", 1)) == 1
+        except Exception:  # noqa: BLE001 - pydicom raises many types on foreign files; unreadable is the answer
+            return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return (im.height, im.width), im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None
 
 
 def read_dicom(path: Path) -> np.ndarray:

@@ -172,6 +172,22 @@ class Data:
         seeded subset; what robaudit itself feeds a model (before its channel and mean/std step)."""
         return self.task.tensors(split, size=size, limit=limit, seed=seed)
 
+    def describe(self, sample: int = 64) -> dict:
+        """Classes, counts per split and class, stored size, channels and value range (what ``robaudit data
+        show`` prints): the facts an audit assumes about the data, read from ``sample`` images per split."""
+        out = {"name": self.name, "kind": self.task.kind, "classes": self.classes, "grey": bool(self.task.is_grey),
+               "channels": 1 if self.task.is_grey else 3, "splits": {}}
+        for split in self.splits:
+            y = self.task.labels(split)
+            x, _ = self.task.tensors(split, limit=min(sample, len(y)), seed=0)
+            size = self.task.image_size(split) if hasattr(self.task, "image_size") else tuple(x.shape[-2:])
+            out["splits"][split] = {
+                "n": int(len(y)), "per_class": dict(zip(self.classes, np.bincount(y, minlength=len(self.classes))
+                                                        .tolist(), strict=True)),
+                "size": list(size), "min": round(float(x.min()), 4), "max": round(float(x.max()), 4),
+                "mean": round(float(x.mean()), 4)}
+        return out
+
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={self.task.count(s)}" for s in self.splits)
         return f"Data({self.name!r}, classes={self.classes}, {counts})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,11 +18,21 @@ from robaudit.core.errors import BadInput, unknown_name
 from robaudit.core.results import DataInfo
 from robaudit.data import embedded
 from robaudit.data.cards import MEDMNIST, TASK_FLAGS, DatasetCard, medmnist_card
-from robaudit.data.images import DecodeError, is_image_file, read_image, resize_batch, to_channels, to_float_tensor
+from robaudit.data.images import (
+    DecodeError,
+    image_header,
+    is_image_file,
+    read_image,
+    resize_batch,
+    to_channels,
+    to_float_tensor,
+)
 
 SPLITS = ("train", "val", "test")
 _NPZ_SIZE = re.compile(r"^(?P<stem>.+?)_(?P<size>\d+)$")
 GREY_HINTS = ("x-ray", "xray", "ct", "mri", "radiograph", "ultrasound")
+#: image-folder files whose headers are read for size and channels (then a stride through the rest)
+HEADER_SAMPLE = 500
 
 
 @dataclass
@@ -65,7 +76,29 @@ class TaskData:
         """Whether the task's images are greyscale (grey npz, or a grey modality on the card)."""
         if self.kind == "npz":
             return self._raw("train")[0].ndim == 3
+        if self.kind == "folder" and self._folder_headers[1]:
+            return True
         return any(h in (self.card.modality or "").lower() for h in GREY_HINTS)
+
+    @cached_property
+    def _folder_headers(self) -> tuple[tuple[int, int] | None, bool]:
+        """(most common stored size, whether every image is single-channel) of an image folder, from file
+        headers (a folder of grey PNGs is a grey task: its photo sources are greyscaled too)."""
+        sizes, grey = Counter(), True
+        files = [p for s in self.splits for p, _ in self._folder[s]]
+        for path in files[:HEADER_SAMPLE] + files[HEADER_SAMPLE:][::max(1, len(files) // HEADER_SAMPLE)]:
+            head = image_header(path)
+            if head is None:
+                continue
+            sizes[head[0]] += 1
+            grey = grey and head[1]
+        return (sizes.most_common(1)[0][0] if sizes else None), grey and bool(sizes)
+
+    def image_size(self, split: str = "test") -> tuple[int, int] | None:
+        """(height, width) the images are stored at (an image folder: the most common size)."""
+        if self.kind == "npz":
+            return tuple(int(d) for d in self._raw(split)[0].shape[1:3])
+        return self._folder_headers[0] if self.kind == "folder" else None
 
     @property
     def splits(self) -> list[str]:

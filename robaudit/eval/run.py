@@ -18,10 +18,13 @@ from robaudit import __version__
 from robaudit.attacks.lp import lp_norm
 from robaudit.attacks.noise import random_controls
 from robaudit.attacks.predict import predict
-from robaudit.attacks.uap import Selection, UAPOutcome, build_uap
+from robaudit.attacks.uap import Builder, Selection, StopRule, UAPOutcome, new_run
 from robaudit.attacks.uap.group import DistributedGroup, init_from_env, shard
-from robaudit.core.console import info, progress
+from robaudit.attacks.uap.race import Entrant, race, rechunk, rung_points
+from robaudit.attacks.uap.registry import create, lookup
+from robaudit.core.console import info, progress, warn
 from robaudit.core.errors import BadInput, Interrupted, RuntimeFailure
+from robaudit.core.locations import data_root
 from robaudit.core.provenance import command_line, environment, now_iso
 from robaudit.core.results import (
     AttackInfo,
@@ -30,28 +33,43 @@ from robaudit.core.results import (
     Control,
     Metrics,
     Result,
+    RungResult,
     SelectionInfo,
+    StopRuleInfo,
     TrajectoryPoint,
     success_vector,
 )
-from robaudit.core.specs import UAPSpec
+from robaudit.core.specs import BEST_OF, UAPSpec
 from robaudit.data import load_task
 from robaudit.data.images import to_channels
-from robaudit.eval.artifacts import PARTIAL, guard_output, image_ids, load_partial, save_partial, software_versions, \
-    write_run
-from robaudit.eval.metrics import PerImage, compare_to_control, control_metrics, critical_of, harm_metrics, \
-    per_image, uap_metrics
+from robaudit.eval.artifacts import (
+    PARTIAL,
+    guard_output,
+    image_ids,
+    load_partial,
+    save_partial,
+    software_versions,
+    write_run,
+)
+from robaudit.eval.check import ModelCheck, check_model
+from robaudit.eval.metrics import (
+    PerImage,
+    compare_to_control,
+    control_metrics,
+    critical_of,
+    harm_metrics,
+    per_image,
+    uap_metrics,
+)
 from robaudit.eval.sources import in_channels, tensor_source, uap_source
 from robaudit.models import LoadedModel, load_model, load_model_and_task
 from robaudit.models.factory import imagenet_classifier
-from robaudit.models.loading import check_classes
-from robaudit.models.normalize import Normalized, fast_model
+from robaudit.models.loading import match_task
+from robaudit.models.normalize import Normalized, channels_last_model, fast_model
 from robaudit.models.store import is_trained
 
-#: strongest-of: the methods ``--method best`` always runs; deepfool joins when its measured cost per
-#: image is within DEEPFOOL_COST x sgd's
-BEST_OF = ("fgsm", "sgd")
-DEEPFOOL_COST = 2.0
+#: fewer selection images than this: v's choice is noise-dominated (a warning, with the number)
+MIN_SELECT = 32
 
 __all__ = ["PARTIAL", "Given", "RunOutput", "run_uap"]
 
@@ -95,6 +113,8 @@ class Prepared:
     outcome: UAPOutcome | None = None
     candidates: list[Candidate] | None = None
     test_rates: list[float] | None = None
+    race: dict | None = None  # set by build: rung points, seconds scoring v, the build's seconds
+    checked: ModelCheck | None = None  # the pre-audit check on the evaluated images
 
     @property
     def size(self) -> int:
@@ -160,15 +180,15 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
     given = given or Given()
     group = init_from_env(spec.device)  # None unless launched by torchrun with 2+ processes
     if given.model is None:
-        lm, task = load_model_and_task(spec.model, checkpoint=spec.checkpoint, arch=spec.arch, device=spec.device,
-                                       trust_checkpoint=spec.trust_checkpoint, data=spec.data)
+        lm, task = load_model_and_task(device=spec.device, data=spec.data, **spec.ref().load_kwargs())
     else:
         lm, task = given.model, given.task
         if task is None:
             if not (spec.data or lm.card.task):
                 raise BadInput("no data given for a model without a task", "pass data=ra.Data(test=(x, y), ...)")
             task = load_task(spec.data or lm.card.task, size=lm.card.input_size)
-        check_classes(lm.classes, task.label_names, task.full_name)
+        task = match_task(lm, task)
+    spec = _photo_fallback(spec)
     size, ch = lm.card.input_size, lm.channels
     target = lm.resolve_target(spec.target)
     critical_of(spec.critical_class, task, lm.classes)  # a wrong --critical-class fails before any compute
@@ -180,9 +200,10 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
     eps = spec.eps if spec.eps is not None else spec.zeta * ref_norm
     x_eval, y_eval = task.tensors(spec.split, size=size, limit=spec.eval_limit, seed=spec.seed)
     x_eval = to_channels(x_eval, ch)
-    builder, surrogate = lm.module, None
+    builder, surrogate, checked = lm.module, None, None
     if spec.surrogate is None:  # a zero-knowledge build must not touch the audited model before v is fixed
         _probe(lm, x_eval)
+        checked = _check(spec, lm, task, x_eval, y_eval)
     else:
         builder, surrogate = _surrogate(spec, lm)
     budget = spec.resolved_budget(lm.device.type) if given.photos is None else None
@@ -204,7 +225,7 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
         raise BadInput(f"initial perturbation has shape {tuple(init.shape)}, the model needs (1, {ch}, {size}, "
                        f"{size})")
     prep = Prepared(spec, lm, task, target, eps, ref_norm, x_eval, y_eval, source, src.n, src.description, init,
-                    group, budget=budget, builder=builder, surrogate=surrogate)
+                    group, budget=budget, builder=builder, surrogate=surrogate, checked=checked)
     if surrogate is not None and src.held_out is not None:
         prep.select_split, prep.select_n = "held-out photos", len(src.held_out)
         prep.select_score = _scorer(builder, src.held_out, None, spec.clip, lm.device)
@@ -216,8 +237,33 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
         x_sel, _ = task.tensors(split, size=size, limit=spec.select_limit, seed=spec.seed + 1)
         x_sel = to_channels(x_sel, ch)
         prep.select_split, prep.select_n = split, len(x_sel)
+        if len(x_sel) < MIN_SELECT:
+            warn(f"v is chosen on only {len(x_sel)} {split} images (fewer than {MIN_SELECT}): the selection is "
+                 "noisy; give the data a larger val split, or select='none'")
         prep.select_score = _scorer(lm.module, x_sel, target, spec.clip, lm.device)
     return prep
+
+
+def _photo_fallback(spec: UAPSpec) -> UAPSpec:
+    """The default photo source without ImageNet photos in a data root is the bundled ``natural`` set (said)."""
+    if spec.source != "imagenet":
+        return spec
+    root = data_root(required=False)
+    if root is not None and (root / "imagenet").is_dir():
+        return spec
+    info("no imagenet/ folder in a data root: the photo source is the bundled 'natural' set (photos shipped in "
+         "scikit-image, scikit-learn and matplotlib)")
+    return spec.model_copy(update={"source": "natural"})
+
+
+def _check(spec: UAPSpec, lm: LoadedModel, task, x: torch.Tensor, y: torch.Tensor) -> ModelCheck:
+    """``robaudit models check`` on the evaluated images: its warnings said, a below-chance model refused."""
+    chk = check_model(lm, task, spec.split, x=x, y=y)
+    if chk.below_chance and not spec.force:
+        raise chk.refusal()
+    for w in chk.warnings:
+        warn(f"model {lm.card.name!r}: {w}")
+    return chk
 
 
 def _probe(lm: LoadedModel, x_eval: torch.Tensor) -> None:
@@ -244,10 +290,19 @@ def _surrogate(spec: UAPSpec, lm: LoadedModel) -> tuple[torch.nn.Module, str]:
     return other.module, other.card.name
 
 
+#: images per forward pass of a selection check: large on a GPU; on CPU a cache-sized batch is faster
+#: (lite0 at 64 px, 1 thread: 530 images/s at 32 against 300 at 256; benchmarks/README.md "Time to verdict")
+CHECK_BATCH = {"cuda": 256, "cpu": 32}
+
+
 def _scorer(model: torch.nn.Module, x: torch.Tensor, target: int | None, clip: bool, device):
-    """``score(v)``: success of v on ``x`` for ``model`` (fooling vs its clean predictions, or the target)."""
-    clean = predict(model, x, None, clip=clip, batch_size=256, device=device)
-    return lambda v: _success_rate(model, x, clean, v, target, clip, device)
+    """``score(v)``: per-image success (bool array) of v on ``x`` for ``model`` (fooling vs its clean
+    predictions, or the target), forward only, in inference mode, on channels-last images."""
+    batch = CHECK_BATCH.get(torch.device(device).type, 64)
+    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    clean = predict(model, x, None, clip=clip, batch_size=batch, device=device).numpy()
+    return lambda v: success_vector(clean, predict(model, x, v, clip=clip, batch_size=batch, device=device).numpy(),
+                                    target).astype(bool)
 
 
 def _success_rate(model, x: torch.Tensor, clean: torch.Tensor, v: torch.Tensor, target: int | None, clip: bool,
@@ -257,75 +312,77 @@ def _success_rate(model, x: torch.Tensor, clean: torch.Tensor, v: torch.Tensor, 
 
 
 def build(prep: Prepared, quiet: bool) -> UAPOutcome:
-    """The UAP engine over the prepared source, once per candidate (method x restart); the strongest by the
-    selection split is kept (by the source rate with ``--select none``). Progress on rank 0 only."""
-    spec = prep.spec
+    """The UAP engine over the prepared source: one build, or for ``best`` / ``restarts`` a race of the
+    candidates (method x restart) by successive halving on the selection split (a stream only; a plain
+    source is one chunk, so every candidate runs it whole). The strongest by the selection split is kept
+    (by the source rate with ``--select none``); every candidate and its rungs are recorded."""
+    spec, lm = prep.spec, prep.lm
     methods = list(BEST_OF) if spec.method == "best" else [spec.method]
     runs = [(m, spec.seed + r) for m in methods for r in range(spec.restarts)]
-    prep.candidates, best, best_i, sgd_cost, df_cost = [], None, None, None, None
-    if spec.method == "best":  # deepfool joins only when it is affordable here
-        df_cost = _deepfool_cost(prep)
-        runs.append(("deepfool", spec.seed))
-    for method, seed in runs:
-        if df_cost is not None and method == "deepfool":
-            ratio = df_cost / sgd_cost if sgd_cost else float("inf")
-            if ratio > DEEPFOOL_COST:
-                prep.candidates.append(Candidate(method="deepfool", seed=seed, skipped=f"measured cost {ratio:.1f}x "
-                                                 f"sgd's per image (limit {DEEPFOOL_COST:g}x)"))
-                continue
-        outcome = _build_one(prep, method, seed, quiet)
-        per_image = outcome.seconds / max(outcome.images_seen, 1)
-        if method == "sgd":
-            sgd_cost = per_image
-        sel = outcome.selection
-        prep.candidates.append(Candidate(method=method, seed=seed,
-                                         selection_rate=sel.best_rate if sel is not None and sel.best_rate >= 0
-                                         else None,  # -1: stopped before the first check
-                                         source_fooling_rate=outcome.source_fooling_rate,
-                                         images_seen=outcome.images_seen, seconds=outcome.seconds))
-        if outcome.interrupted or best is None or _strength(outcome) > _strength(best):
-            best, best_i = outcome, len(prep.candidates) - 1
-        if outcome.interrupted:
-            break
+    modes = [spec.mode if m == "fgsm" else "batched" for m, _ in runs]
+    max_iter = spec.default_max_iter()
+    total = max_iter * prep.source_n
+    streamed = not isinstance(prep.source, torch.Tensor)
+    every = spec.select_every_for(total)
+    rungs = rung_points(spec.race_rung or every, total, len(runs)) if len(runs) > 1 and streamed else []
+    start = time.perf_counter()
+    world = prep.group.world if prep.group is not None else 1
+    cl = all(lookup(m, mode).channels_last for (m, _), mode in zip(runs, modes, strict=True))
+    with progress(disable=quiet or not prep.is_main) as prog, fast_model(prep.builder, lm.device, spec.amp) as fast, \
+            channels_last_model(fast, cl) as net:
+        entrants = [_entrant(prep, net, method, mode, seed, prog, every, start)
+                    for (method, seed), mode in zip(runs, modes, strict=True)]
+        group = entrants[0].builder.run.group
+        chunks = group.chunks([prep.source] if not streamed else prep.source)
+        winner = race(entrants, rechunk(chunks, [r // world for r in rungs]) if rungs else chunks, rungs)
+        outcomes = [e.builder.outcome() for e in entrants]
+    prep.candidates = [_candidate(e, o, runs[i]) for i, (e, o) in enumerate(zip(entrants, outcomes, strict=True))]
+    best_i = entrants.index(winner)
     prep.candidates[best_i].chosen = True
-    prep.outcome = best
-    return best
+    prep.outcome = outcomes[best_i]
+    prep.race = {"rungs": rungs, "check_seconds": sum(o.selection.check_seconds for o in outcomes if o.selection),
+                 "seconds": time.perf_counter() - start}
+    return prep.outcome
+
+
+def _entrant(prep: Prepared, net: torch.nn.Module, method: str, mode: str, seed: int, prog, every: int,
+             start: float) -> Entrant:
+    """One candidate build on the (already channels-last) model, its selection on the race's clock."""
+    spec, lm = prep.spec, prep.lm
+    selection = None
+    if prep.select_score is not None:
+        rule = StopRule(spec.stop_window, spec.stop_delta, spec.stop_confidence) if spec.stop_delta > 0 else None
+        selection = Selection(prep.select_score, every=every, patience=spec.patience, rule=rule, keep=True,
+                              clock=lambda: time.perf_counter() - start)
+    max_iter = spec.default_max_iter()
+    bar = prog.add_task(f"UAP {method}/{mode} on {spec.source}" + (f" seed {seed}" if spec.restarts > 1 else ""),
+                        total=max_iter * prep.source_n, status="")
+
+    def on_progress(n: int, status: str | None = None) -> None:
+        prog.update(bar, advance=n, **({"status": f"source {status}"} if status else {}))
+
+    entry, run = new_run(net, method=method, norm=spec.norm, eps=prep.eps, target=prep.target, mode=mode,
+                         max_iter=max_iter, step_size=spec.resolved_step(), batch_size=spec.batch_size, clip=spec.clip,
+                         seed=seed, device=lm.device, progress=on_progress, distributed=prep.group is not None,
+                         selection=selection)
+    builder = Builder(run, create(entry, {}), init=prep.init, measure_chunks=prep.budget is None)
+    return Entrant(f"{method}/{seed}", builder)
+
+
+def _candidate(e: Entrant, outcome: UAPOutcome, run: tuple[str, int]) -> Candidate:
+    sel = outcome.selection
+    return Candidate(method=run[0], seed=run[1],
+                     selection_rate=sel.best_rate if sel is not None and sel.best_rate >= 0 else None,
+                     source_fooling_rate=outcome.source_fooling_rate, images_seen=outcome.images_seen,
+                     seconds=outcome.seconds, dropped_at=e.dropped_at,
+                     stop_reason=sel.stop_reason if sel is not None and outcome.plateau else None,
+                     rungs=[RungResult(images=r.images, selection_rate=r.selection_rate, kept=r.kept,
+                                       p_vs_leader=r.p_vs_leader) for r in e.rungs])
 
 
 def _strength(outcome: UAPOutcome) -> float:
     sel = outcome.selection
     return sel.best_rate if sel is not None else outcome.source_fooling_rate
-
-
-def _build_one(prep: Prepared, method: str, seed: int, quiet: bool) -> UAPOutcome:
-    spec, lm = prep.spec, prep.lm
-    max_iter = spec.default_max_iter()
-    selection = None
-    if prep.select_score is not None:
-        selection = Selection(prep.select_score, every=spec.select_every_for(max_iter * prep.source_n),
-                              patience=spec.patience, keep=True)
-    with progress(disable=quiet or not prep.is_main) as prog, fast_model(prep.builder, lm.device, spec.amp) as net:
-        bar = prog.add_task(f"UAP {method}/{spec.mode} on {spec.source}" + (f" seed {seed}" if spec.restarts > 1
-                            else ""), total=max_iter * prep.source_n, status="")
-
-        def on_progress(n: int, status: str | None = None) -> None:
-            prog.update(bar, advance=n, **({"status": f"source {status}"} if status else {}))
-
-        return build_uap(net, prep.source, method=method, norm=spec.norm, eps=prep.eps, target=prep.target,
-                         mode=spec.mode if method == "fgsm" else "batched", max_iter=max_iter,
-                         step_size=spec.resolved_step(), batch_size=spec.batch_size, clip=spec.clip, init=prep.init,
-                         seed=seed, device=lm.device, progress=on_progress, distributed=prep.group is not None,
-                         selection=selection, measure_chunks=prep.budget is None)
-
-
-def _deepfool_cost(prep: Prepared) -> float:
-    """Seconds per image of a deepfool UAP step on this task (one small probe batch)."""
-    x = prep.source if isinstance(prep.source, torch.Tensor) else next(iter(prep.source))
-    x = x[: max(prep.spec.batch_size, 16)]
-    t0 = time.perf_counter()
-    build_uap(prep.builder, x, method="deepfool", norm=prep.spec.norm, eps=prep.eps, target=prep.target,
-              max_iter=1, batch_size=prep.spec.batch_size, clip=prep.spec.clip, device=prep.lm.device)
-    return (time.perf_counter() - t0) / max(len(x), 1)
 
 
 def keep_partial(prep: Prepared, v: torch.Tensor, out_dir: Path | None) -> None:
@@ -342,7 +399,11 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
     spec, lm = prep.spec, prep.lm
     if prep.surrogate is not None:  # v is fixed: now the audited model may be asked
         _probe(lm, prep.x_eval)
-    clean = predict(lm.module, prep.x_eval, None, clip=spec.clip, batch_size=256, device=lm.device)
+        prep.checked = _check(spec, lm, prep.task, prep.x_eval, prep.y_eval)
+    if spec.clip and prep.checked is not None:  # the check's clean predictions are these (same images, same call)
+        clean = prep.checked.predictions
+    else:
+        clean = predict(lm.module, prep.x_eval, None, clip=spec.clip, batch_size=256, device=lm.device)
     adv = predict(lm.module, prep.x_eval, v, clip=spec.clip, batch_size=256, device=lm.device)
     metrics = uap_metrics(clean, adv, prep.y_eval, lm.classes, target=prep.target)
     achieved = float(lp_norm(v, spec.norm).item())
@@ -407,9 +468,15 @@ def _preprocessing_note(prep: Prepared) -> str:
     lm, task = prep.lm, prep.task
     size = getattr(task, "image_size", None)
     stored = f"{size(prep.spec.split)[0]}x{size(prep.spec.split)[1]} px" if size else "stored size"
-    return (f"preprocessing assumed: images from {stored} resized to {lm.input_size} px (antialiased bilinear, "
-            f"centre crop if not square), {lm.channels} channel(s), then (x - mean) / std with mean "
-            f"{list(lm.mean)}, std {list(lm.std)}; classes in output order {lm.classes}")
+    src = lm.preprocessing()["source"]
+    mapping = getattr(task, "mapping", None)
+    order = (f"data labels mapped to the outputs by name ({', '.join(f'{a} -> {b}' for a, b in mapping.items())})"
+             if mapping else f"the data's label order ({src.get('classes', 'card')})")
+    return (f"preprocessing assumed: images from {stored} resized to {lm.input_size} px ({src.get('input_size')}; "
+            f"antialiased bilinear, centre crop if not square), {lm.channels} channel(s) ({src.get('channels')}), then "
+            f"(x - mean) / std with mean {list(lm.mean)} ({src.get('mean')}), std {list(lm.std)} ({src.get('std')}); "
+            f"classes in output order {lm.classes}: {order}; model read as {lm.card.format or 'robaudit store'}"
+            + (f", ONNX parity {lm.card.parity:.2g}" if lm.card.parity is not None else ""))
 
 
 def _threat_model(prep: Prepared) -> str:
@@ -423,8 +490,16 @@ def _selection_info(prep: Prepared, outcome: UAPOutcome) -> SelectionInfo | None
     if sel is None:
         return None
     tests = prep.test_rates or [None] * len(sel.trajectory)
+    bounds = sel.upper_gains if len(sel.upper_gains) == len(sel.trajectory) else [None] * len(sel.trajectory)
     final = next((r for im, r, _ in reversed(sel.trajectory) if im == outcome.images_seen), None)
+    race = prep.race or {}
+    rule = sel.rule
     return SelectionInfo(split=prep.select_split, n=prep.select_n, every=sel.every, patience=sel.patience,
                          best_rate=sel.best_rate, best_at=sel.best_at, final_rate=final, plateau=outcome.plateau,
-                         trajectory=[TrajectoryPoint(images=im, seconds=sec, selection_rate=r, test_rate=t)
-                                     for (im, r, sec), t in zip(sel.trajectory, tests, strict=True)])
+                         stop_rule=StopRuleInfo(**rule.info()) if rule is not None else None,
+                         stop_reason=sel.stop_reason if outcome.plateau else None,
+                         race_rungs=race.get("rungs", []), check_seconds=race.get("check_seconds"),
+                         build_seconds=race.get("seconds"),
+                         trajectory=[TrajectoryPoint(images=im, seconds=sec, selection_rate=r, test_rate=t,
+                                                     upper_gain=g)
+                                     for (im, r, sec), t, g in zip(sel.trajectory, tests, bounds, strict=True)])

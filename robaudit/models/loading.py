@@ -6,13 +6,16 @@ from pathlib import Path
 
 import timm
 
+from robaudit.core.console import info, warn
 from robaudit.core.device import resolve_device
 from robaudit.core.errors import BadInput, unknown_name
-from robaudit.core.files import validate
+from robaudit.core.files import read_json, validate
 from robaudit.core.results import ModelInfo
 from robaudit.data import TaskData, load_task
+from robaudit.data.images import to_channels
+from robaudit.data.order import class_permutation, in_model_order
 from robaudit.models.normalize import Normalized
-from robaudit.models.store import ModelCard, is_trained, load_state, model_dir, read_card, sha256_file
+from robaudit.models.store import ModelCard, is_trained, load_state, model_dir, read_card
 from robaudit.models.zoo import parse_zoo_name
 
 
@@ -43,6 +46,7 @@ class Model:
                                         init=init, task=task, classes=classes, input_size=input_size,
                                         mean=mean, std=std, channels=channels), where="Model")
         card.weights_sha256 = state_sha256(module)
+        card.format, card.provenance = "module", {k: "given" for k in PREPROCESSING}
         dev = resolve_device(device)
         wrapped = Normalized(module, card.mean, card.std).to(dev).eval()
         self._set(wrapped, card, dev)
@@ -108,7 +112,16 @@ class Model:
         return ModelInfo(name=self.card.name, arch=self.card.arch, init=init, transfer=self.card.transfer,
                          task=self.card.task, classes=self.classes, input_size=self.card.input_size,
                          sha256=self.card.weights_sha256, replicate=self.card.replicate,
-                         channels=self.channels, mean=list(self.mean), std=list(self.std))
+                         channels=self.channels, mean=list(self.mean), std=list(self.std),
+                         format=self.card.format or "robaudit store", preprocessing=self.preprocessing(),
+                         onnx_parity=self.card.parity)
+
+    def preprocessing(self) -> dict:
+        """What robaudit applies between [0, 1] images and the network, and where each value came from."""
+        source = dict(self.card.provenance or {})
+        return {"mean": list(self.mean), "std": list(self.std), "input_size": self.input_size,
+                "interpolation": INTERPOLATION, "channels": self.channels, "classes": self.classes,
+                "source": {k: source.get(k, "card") for k in (*PREPROCESSING, *source)}}
 
     def resolve_target(self, target: str | int | None) -> int | None:
         """A target class given as an index or a (case-insensitive, unique-prefix) class name."""
@@ -162,20 +175,9 @@ def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
 
 
 def check_classes(model_classes: list[str], data_classes: list[str], data_name: str) -> None:
-    """The model's output order must be the data's label order: same count, and, where the data names its
-    classes, the same names in the same order (a head trained as [nv, mel] read on labels [mel, nv] is the
-    silent failure this refuses)."""
-    if len(model_classes) != len(data_classes):
-        raise BadInput(f"the model has {len(model_classes)} classes but data {data_name!r} has {len(data_classes)}",
-                       "pass the data the model was trained on, or classes= matching its head")
-    named = not all(c == str(i) for i, c in enumerate(data_classes))
-    if named and [c.lower() for c in model_classes] != [c.lower() for c in data_classes]:
-        if sorted(c.lower() for c in model_classes) == sorted(c.lower() for c in data_classes):
-            raise BadInput(f"class order differs: model outputs {model_classes}, data labels {data_classes}",
-                           "pass the model's classes in the order of its outputs and the data's labels in that "
-                           "order (relabel y, or reorder classes=)")
-        raise BadInput(f"class names differ: model {model_classes}, data {data_classes}",
-                       "pass the data the model was trained on, with classes= in label order")
+    """Same count, and where the data names its classes the same names (in any order: the labels are mapped
+    to the head by name, :func:`match_task`)."""
+    class_permutation(model_classes, data_classes, data_name)
 
 
 def check_arch(arch: str) -> str:
@@ -247,17 +249,32 @@ def _head_classes(state: dict) -> int | None:
     return int(state[heads[-1]].shape[0]) if heads else None
 
 
+#: what robaudit assumes when nothing says otherwise: ImageNet statistics and timm's 224 px
+IMAGENET_MEAN, IMAGENET_STD, DEFAULT_SIZE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224
+#: how robaudit resizes images to the model input (recorded; antialiased bilinear, torchvision's default)
+INTERPOLATION = "bilinear (antialias)"
+PREPROCESSING = ("mean", "std", "input_size", "channels", "classes")
+
+
 def load_model(name: str | None = None, checkpoint: str | Path | None = None, arch: str | None = None,
                device: str = "auto", trust_checkpoint: bool = False, task: str | None = None,
-               input_size: int | None = None) -> LoadedModel:
-    """Load a trained zoo model by name, or ``checkpoint`` (+ ``arch`` unless a card sits beside it)."""
+               input_size: int | None = None, *, arch_kwargs: dict | None = None,
+               overrides: dict | None = None) -> LoadedModel:
+    """Load a trained zoo model by name, or a model file (+ ``arch`` for a state_dict without a card).
+
+    ``overrides`` (mean, std, input_size, channels, classes: the CLI's flags) win over the card; unset
+    fields come from the card, the model file or the architecture's defaults, each recorded with its source
+    in ``card.provenance``."""
     dev = resolve_device(device)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if input_size is not None:
+        overrides.setdefault("input_size", input_size)
     if checkpoint is not None:
-        return _load_checkpoint(Path(checkpoint), arch, dev, trust_checkpoint, task, input_size, name)
+        return _load_checkpoint(Path(checkpoint), arch, arch_kwargs, dev, trust_checkpoint, task, overrides, name)
     if not name:
         raise BadInput("no model given", "pass --model NAME (a zoo name) or --checkpoint PATH --arch ARCH")
-    if Path(name).suffix in (".safetensors", ".pt", ".pth", ".bin") or Path(name).is_file():
-        return _load_checkpoint(Path(name), arch, dev, trust_checkpoint, task, input_size, None)
+    if Path(name).suffix in (".safetensors", ".pt", ".pth", ".bin", ".pt2", ".onnx", ".ts") or Path(name).is_file():
+        return _load_checkpoint(Path(name), arch, arch_kwargs, dev, trust_checkpoint, task, overrides, None)
     if not is_trained(name):
         recipe = parse_zoo_name(name)
         load_task(recipe.task_ref)  # an unknown task is the better error
@@ -267,46 +284,194 @@ def load_model(name: str | None = None, checkpoint: str | Path | None = None, ar
                        f"run '{make}' first, or pass --checkpoint PATH --arch {recipe.arch}")
     d = model_dir(name)
     card = read_card(d / "card.json")
+    card.format = card.format or "robaudit store"
+    card.provenance = {k: "card" for k in PREPROCESSING}
+    if overrides:
+        card = _apply_overrides(card, overrides, f"model {name!r}")
     state = load_state(d / "model.safetensors")
     return Model.from_card(build_module(card, state, dev), card, dev)
 
 
-def _load_checkpoint(path: Path, arch: str | None, dev, trust: bool, task: str | None, input_size: int | None,
-                     name: str | None) -> LoadedModel:
-    side_card = path.with_suffix(".json")
-    if side_card.is_file():
-        card = read_card(side_card)
-    else:
-        if not arch:
-            raise BadInput(f"checkpoint {str(path)!r} has no card beside it ({side_card.name})",
-                           "pass --arch ARCH (a timm architecture) and --data TASK")
+def _apply_overrides(card: ModelCard, overrides: dict, where: str) -> ModelCard:
+    """A zoo card with flags applied (auditing a zoo model under another preprocessing is allowed, and said)."""
+    data = card.model_dump()
+
+    def same(a, b) -> bool:
+        return list(a) == list(b) if isinstance(b, (list, tuple)) else a == b
+
+    changed = {k: v for k, v in overrides.items() if not same(data.get(k), v)}
+    if not changed:
+        return card
+    if "channels" in changed or ("classes" in changed and len(changed["classes"]) != len(card.classes)):
+        raise BadInput(f"{where} was trained with {card.channels} channels and classes {card.classes}",
+                       "drop --channels/--classes for a zoo model (its head and stem are fixed)")
+    warn(f"{where}: auditing with {', '.join(f'{k}={_show(v)}' for k, v in changed.items())} instead of its card's "
+         f"{', '.join(f'{k}={_show(data[k])}' for k in changed)}")
+    data.update(changed)
+    out = validate(ModelCard, data, where=where)
+    out.provenance = {**card.provenance, **{k: "flag" for k in changed}}
+    return out
+
+
+def _show(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+    return str(v)
+
+
+def _side_card(path: Path) -> tuple[dict, Path | None]:
+    """The card beside a model file (``<file>.json``), as a possibly partial dict (every field optional)."""
+    for side in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
+        if side.is_file() and side != path:
+            raw = read_json(side, "model card", "fix the card's JSON (or drop it and pass --arch/--mean/--std/"
+                            "--input-size/--classes)")
+            if not isinstance(raw, dict):
+                raise BadInput(f"model card {str(side)!r} is not a JSON object", "write the card as {\"arch\": ...}")
+            if "in_chans" in raw and "channels" not in raw:
+                raw["channels"] = raw.pop("in_chans")
+            return raw, side
+    return {}, None
+
+
+def _arch_defaults(arch: str | None) -> tuple[dict, str]:
+    """Preprocessing the architecture's own library declares (timm's pretrained cfg), else ImageNet's."""
+    name = (arch or "").removeprefix("timm:")
+    if arch and not arch.startswith("torchvision:") and ":" not in name and timm.is_model(name):
+        cfg = timm.create_model(name, pretrained=False, num_classes=2).pretrained_cfg
+        return {"mean": tuple(cfg.get("mean", IMAGENET_MEAN)), "std": tuple(cfg.get("std", IMAGENET_STD)),
+                "input_size": int(cfg.get("input_size", (3, DEFAULT_SIZE, DEFAULT_SIZE))[-1])}, f"timm cfg of {name}"
+    what = "torchvision's ImageNet" if arch and arch.startswith("torchvision:") else "ImageNet"
+    return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": DEFAULT_SIZE}, what
+
+
+def _load_checkpoint(path: Path, arch: str | None, arch_kwargs: dict | None, dev, trust: bool, task: str | None,
+                     overrides: dict, name: str | None) -> LoadedModel:
+    """A user's model file: format by content, preprocessing from flags > card > model file > arch defaults."""
+    from robaudit.models import formats
+
+    fmt = formats.sniff(path)
+    raw, side = _side_card(path)
+    if arch and raw.get("arch") and arch != raw["arch"]:
+        raise BadInput(f"--arch {arch!r} differs from the card's arch {raw['arch']!r}", "drop --arch or fix the card")
+    arch = arch or raw.get("arch")
+    arch_kwargs = arch_kwargs if arch_kwargs is not None else raw.get("arch_kwargs")
+    values, source = {}, {}
+    for k in PREPROCESSING:
+        if k in overrides:
+            values[k], source[k] = overrides[k], "flag"
+        elif raw.get(k) is not None:
+            values[k], source[k] = raw[k], "card"
+    t = None
+    if "classes" not in values:
         if not task:
-            raise BadInput("a checkpoint without a card needs its task for the class names", "pass --data TASK")
-        if ":" in arch:
-            raise BadInput(f"checkpoint {str(path)!r} of your own class {arch!r} has no card ({side_card.name})",
-                           "write the card: classes, mean, std, input_size and channels the model was trained with")
+            raise BadInput(f"model file {str(path)!r} does not name its classes",
+                           "pass --classes (the head's order, by the data's class names) or --data TASK")
         t = load_task(task)
-        cfg = timm.create_model(check_arch(arch), pretrained=False, num_classes=t.num_classes).pretrained_cfg
-        card = validate(ModelCard, dict(name=name or path.stem, arch=arch, task=t.full_name, classes=t.label_names,
-                                        input_size=input_size or int(cfg.get("input_size", (3, 224, 224))[-1]),
-                                        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-                                        std=tuple(cfg.get("std", (0.229, 0.224, 0.225)))),
-                        where=f"checkpoint {str(path)!r}")
-    if arch and arch != card.arch:
-        raise BadInput(f"--arch {arch!r} differs from the card's arch {card.arch!r}", "drop --arch or fix the card")
-    state = load_state(path, trust=trust)
-    card.weights_sha256 = card.weights_sha256 or sha256_file(path)
-    return Model.from_card(build_module(card, state, dev), card, dev)
+        values["classes"], source["classes"] = t.label_names, "data"
+    if not arch and (fmt == "safetensors" or (fmt == "torch" and not trust)):
+        raise BadInput(f"model file {str(path)!r} holds weights only (a state_dict) and no architecture",
+                       "pass --arch NAME (timm or torchvision:NAME) or --arch package.module:factory")
+    ch, side_px = _file_input(path, fmt, trust)
+    if "channels" not in values:
+        values["channels"], source["channels"] = (ch, "model file") if ch else (3, "default")
+    if side_px and "input_size" not in values:
+        values["input_size"], source["input_size"] = side_px, "model file"
+    probe = None
+    if fmt == "onnx":
+        probe = _probe_images(task or raw.get("task"), values, source, arch)
+    nf = formats.load_net(path, arch=arch, arch_kwargs=arch_kwargs, num_classes=len(values["classes"]),
+                          channels=int(values["channels"]), trust=trust, probe=probe)
+    if nf.note:
+        info(nf.note)
+    defaults, what = _arch_defaults(nf.arch or arch)
+    for k, v in defaults.items():
+        if k not in values:
+            values[k], source[k] = v, f"default ({what})"
+    assumed = [k for k in PREPROCESSING if source[k] != "flag" and source[k] != "card" and source[k] != "model file"]
+    if assumed:
+        warn(f"{path.name}: assumed " + "; ".join(f"{k} {_show(values[k])} ({source[k]})" for k in assumed)
+             + " -- pass " + " ".join(f"--{k.replace('_', '-')}" for k in assumed)
+             + " if the model was trained otherwise")
+    card_data = {**{k: v for k, v in raw.items() if k in ModelCard.model_fields}, **values,
+                 "name": name or raw.get("name") or path.stem, "arch": nf.arch or arch or nf.format,
+                 "arch_kwargs": arch_kwargs,
+                 "task": (t.full_name if t else raw.get("task") or task), "format": nf.format,
+                 "parity": nf.parity, "weights_sha256": nf.sha256}
+    where = f"model card {str(side)!r}" if side else f"model file {str(path)!r}"
+    card = validate(ModelCard, card_data, where=where,
+                    hint="fix the card, or pass --mean/--std/--input-size/--channels/--classes")
+    card.provenance = source
+    card.mean, card.std = _per_channel(card.mean, "mean", card.channels), _per_channel(card.std, "std", card.channels)
+    model = Model.from_card(Normalized(nf.net, card.mean, card.std).to(dev).eval(), card, dev)
+    model._check_outputs()
+    return model
+
+
+def _file_input(path: Path, fmt: str, trust: bool) -> tuple[int | None, int | None]:
+    """(channels, square side) the model file itself declares, where it does: a state_dict's first
+    convolution, an ONNX graph's input shape, a torch.export program's example input; None where not."""
+    import torch
+
+    if fmt in ("safetensors", "torch"):
+        state = load_state(path, trust=trust)
+        first = next((t for t in state.values() if t.ndim == 4), None)
+        return (int(first.shape[1]) if first is not None and first.shape[1] in (1, 3) else None), None
+    shape = None
+    if fmt == "onnx":
+        try:
+            import onnx
+        except ImportError:
+            return None, None
+        graph = onnx.load(str(path), load_external_data=False).graph
+        inits = {i.name for i in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in inits]
+        if inputs:
+            shape = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
+    elif fmt == "torch.export":
+        ep = torch.export.load(str(path))
+        user = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
+        val = user[0].meta.get("val") if user else None
+        shape = [int(d) if isinstance(d, int) else None for d in val.shape] if val is not None else None
+    if not shape or len(shape) != 4:
+        return None, None
+    ch = shape[1] if shape[1] in (1, 3) else None
+    return ch, (shape[2] if shape[2] and shape[2] == shape[3] else None)
+
+
+def _probe_images(task: str | None, values: dict, source: dict, arch: str | None):
+    """A few real images of the model's data, normalised as the model takes them (the ONNX parity inputs);
+    None without data (the converter then checks parity on seeded noise)."""
+    if not task:
+        return None
+    import torch
+
+    defaults, _ = _arch_defaults(arch)
+    size = int(values.get("input_size") or defaults["input_size"])
+    ch = int(values["channels"])
+    mean = torch.tensor(_per_channel(values.get("mean", defaults["mean"]), "mean", ch)).view(1, -1, 1, 1)
+    std = torch.tensor(_per_channel(values.get("std", defaults["std"]), "std", ch)).view(1, -1, 1, 1)
+    x, _ = load_task(task).tensors("test", size=size, limit=8, seed=0)
+    return (to_channels(x, ch) - mean) / std
 
 
 def load_model_and_task(model: str | None = None, *, checkpoint: str | Path | None = None, arch: str | None = None,
-                        device: str = "auto", trust_checkpoint: bool = False,
-                        data: str | None = None) -> tuple[LoadedModel, TaskData]:
-    """A model and the task it is evaluated on (``data``, default the model's own), their class counts checked."""
+                        device: str = "auto", trust_checkpoint: bool = False, data: str | None = None,
+                        arch_kwargs: dict | None = None, overrides: dict | None = None) -> tuple[LoadedModel, TaskData]:
+    """A model and the task it is evaluated on (``data``, default the model's own), the task's labels in the
+    model's class order (matched by name; names that differ are bad input)."""
     lm = load_model(model, checkpoint=checkpoint, arch=arch, device=device, trust_checkpoint=trust_checkpoint,
-                    task=data)
+                    task=data, arch_kwargs=arch_kwargs, overrides=overrides)
+    if not (data or lm.card.task):
+        raise BadInput(f"model {lm.card.name!r} has no task on its card", "pass --data TASK|FOLDER")
     task = load_task(data or lm.card.task, size=lm.card.input_size)
-    if task.num_classes != len(lm.classes):
-        raise BadInput(f"model {lm.card.name!r} has {len(lm.classes)} classes but task {task.full_name!r} has "
-                       f"{task.num_classes}", "pass the --data task the model was trained on")
-    return lm, task
+    return lm, match_task(lm, task)
+
+
+def match_task(lm: LoadedModel, task):
+    """``task`` in the model's class order, said in one line when its labels were renumbered."""
+    view = in_model_order(task, lm.classes)
+    if view is not task:
+        info(f"data {task.full_name!r} labels mapped to the model's class order by name: "
+             + ", ".join(f"{a} -> output {lm.classes.index(b)} ({b})" for a, b in view.mapping.items()))
+        lm.card.provenance = {**lm.card.provenance, "class_mapping": "by name"}
+    return view

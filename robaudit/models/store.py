@@ -32,6 +32,8 @@ class ModelCard(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
     name: str
     arch: str
+    #: keyword arguments of an arch of the user's own code (package.module:factory)
+    arch_kwargs: dict[str, Any] | None = None
     init: str = "unknown"
     weights_source: str | None = None
     transfer: str | None = None
@@ -50,6 +52,13 @@ class ModelCard(BaseModel):
     weights_sha256: str | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     created: str | None = None
+    #: how the weights were read ("torch state_dict", "onnx", ...; None: robaudit's own store)
+    format: str | None = None
+    #: where each preprocessing field came from: field -> "card" | "flag" | "given" | "data" | "weights" |
+    #: "model file" | "default (...)"
+    provenance: dict[str, str] = Field(default_factory=dict)
+    #: ONNX: max abs logit difference of the converted module vs onnxruntime on real inputs
+    parity: float | None = None
 
     @field_validator("mean", "std")
     @classmethod

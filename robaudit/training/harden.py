@@ -135,13 +135,18 @@ def replicates_of(name: str) -> list[str]:
 def harden_model(name: str | None = None, config: HardenConfig | None = None, *, checkpoint: str | None = None,
                  arch: str | None = None, data: str | None = None, device: str = "auto", resume: bool = True,
                  quiet: bool = False, stop_after: int | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> ModelCard:
+                 should_stop: Callable[[], bool] | None = None, model_args: dict | None = None) -> ModelCard:
     """Harden a trained model (zoo ``name``, or ``checkpoint`` + ``arch``) and store it as ``hardened_name``.
 
     ``stop_after``: stop (Interrupted) once that many epochs are checkpointed, as Ctrl-C would; the same
-    call resumes. Returns the hardened model's card."""
+    call resumes. ``model_args``: the rest of the model arguments (trust, arch_kwargs, preprocessing
+    overrides) for a checkpoint. Returns the hardened model's card."""
     cfg = config or HardenConfig()
-    lm, task = load_model_and_task(name, checkpoint=checkpoint, arch=arch, device=device, data=data)
+    lm, task = load_model_and_task(name, checkpoint=checkpoint, arch=arch, device=device, data=data,
+                                   **(model_args or {}))
+    if not hasattr(lm.module, "net") or lm.card.format in ("torchscript", "torch.export", "onnx"):
+        raise BadInput(f"{lm.card.name!r} is a {lm.card.format} graph: robaudit audits it but cannot fine-tune and "
+                       "store it", "harden a state_dict of it with --arch (timm, torchvision:NAME or your factory)")
     card0 = lm.card
     out_name = hardened_name(card0.name)
     if out_name == card0.name:
