@@ -5,6 +5,7 @@ guard (each with its one-line message and error class)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -290,6 +291,40 @@ def test_hostile_torch_export_archives(trained, tmp_path):
         _load(pickled)
     assert not marker.exists()
 
+    def pickled_weight(name, data):
+        if not name.endswith("_weights_config.json"):
+            return data
+        cfg = json.loads(data)
+        next(iter(cfg["config"].values()))["use_pickle"] = True
+        return json.dumps(cfg).encode()
+
+    flagged = tmp_path / "flagged.pt2"
+    _rewrite_zip(src, flagged, pickled_weight)
+    with pytest.raises(UnsafeCheckpoint, match=r"holds 'features.0.0.weight' as a pickled object"):
+        _load(flagged)
+
+
+def test_torch_export_in_training_mode_runs_in_eval(tmp_path):
+    """A program exported from a net in train mode: batch norm uses its running statistics, dropout is off,
+    and nothing in the model changes on a forward pass."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+                        nn.Linear(8 * 14 * 14, 2))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    path = tmp_path / "train_mode.pt2"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.export.save(torch.export.export(net.train(), (torch.randn(2, 3, 16, 16),), dynamic_shapes=({0: batch},)),
+                      str(path))
+    nf = _load(path)
+    assert nf.note == "exported in training mode: batch norm and dropout switched to eval"
+    x = torch.randn(5, 3, 16, 16)
+    before = _state(nf.net)
+    with torch.no_grad():
+        assert torch.allclose(nf.net(x), net.eval()(x), atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in nf.net.state_dict().items())
+
 
 def _onnx_with_external_data(trained, tmp_path: Path) -> tuple[Path, object]:
     import onnx
@@ -322,6 +357,10 @@ def test_onnx_external_data_outside_its_folder_refused(trained, tmp_path, monkey
         onnx.save_model(model, str(hostile))
         with pytest.raises(BadInput, match=r"points outside the model's folder \(external data location"):
             _load(hostile)
+    (path.parent / "weights.bin").unlink()
+    (path.parent / "weights.bin").symlink_to(secret)  # a link beside the model to a file elsewhere
+    with pytest.raises(BadInput, match=r"points outside the model's folder \(external data location 'weights.bin'"):
+        _load(path)
 
 
 def test_size_limit(trained, monkeypatch):
