@@ -231,3 +231,36 @@ def test_recipe_checkpoints_carry_the_model_options(files, xray_folder):
                                                                            HEAD)
     with pytest.raises(Exception, match="path"):
         AuditRecipe(name="x", checkpoints=[{"path": "a.pt", "checkpoint": "b.pt"}])
+
+
+def test_random_init_twin_of_your_architecture(files, xray_folder, capsys):
+    r = Ran(capsys, ["train", "shuffle_twin", "--like", files["state_dict"], "--init", "random", "--data",
+                     xray_folder, "--arch", "torchvision:shufflenet_v2_x0_5", *FLAGS, "--classes", ",".join(HEAD),
+                     "--epochs", "1", "--train-limit", "160", "--json"])
+    assert r.exit_code == 0, r.output
+    card = json.loads(r.stdout)
+    assert (card["arch"], card["init"], card["transfer"], card["classes"]) == ("torchvision:shufflenet_v2_x0_5",
+                                                                              "random", "scratch", HEAD)
+    assert (card["mean"], card["input_size"], card["twin_of"]["name"]) == ([MEAN] * 3, SIZE, "shuffle")
+    # the stored twin is a zoo-like model: it loads by name and audits on the same folder, in the same order
+    r, d = _check(capsys, "shuffle_twin", data=xray_folder)
+    assert r.exit_code in (0, 1), r.output
+    assert d["model"]["arch"] == "torchvision:shufflenet_v2_x0_5" and d["classes"] == HEAD
+    r = Ran(capsys, ["train", "x", "--like", files["torchscript"], "--init", "random", "--trust-checkpoint",
+                     "--data", xray_folder, *FLAGS])
+    assert r.exit_code == 2 and "cannot be rebuilt" in r.output
+
+
+def test_monai_network_through_arch_kwargs(xray_folder, tmp_path, capsys):
+    pytest.importorskip("monai")
+    from monai.networks.nets import DenseNet121
+
+    torch.manual_seed(0)
+    net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2)
+    torch.save(net.state_dict(), tmp_path / "monai.pt")
+    kwargs = '{"spatial_dims": 2, "in_channels": 1, "out_channels": 2}'
+    r, d = _check(capsys, tmp_path / "monai.pt", "--arch", "monai.networks.nets:DenseNet121", "--arch-kwargs", kwargs,
+                  "--input-size", "32", "--mean", "0.5", "--std", "0.25", "--eval-limit", "16", data=xray_folder)
+    assert r.exit_code in (0, 1), r.output
+    assert d["model"]["channels"] == 1 and d["model"]["provenance"]["channels"] == "model file"
+    assert d["model"]["arch"] == "monai.networks.nets:DenseNet121" and d["n"] == 16

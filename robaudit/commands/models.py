@@ -90,9 +90,25 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume/--restart", help="Resume an unfinished run (--restart: ignore "
                                          "it and start over).")] = True,
+    like: Annotated[Optional[str], typer.Option(help="Train a twin of YOUR model file instead of a zoo model: "
+                                                     "MODEL is the name it is stored as.")] = None,
+    init: Annotated[Optional[str], typer.Option(help="The twin's initialisation with --like: random (the only one "
+                                                     "robaudit can make for an architecture it did not train).")]
+    = None,
+    data: Annotated[Optional[str], typer.Option(help="With --like: the task or folder to train the twin on "
+                                                     "(default: the model's card's).")] = None,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    input_size: InputSizeOpt = None,
+    channels: ChannelsOpt = None,
+    classes: ClassesOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the model card JSON on stdout.")] = False,
 ) -> None:
-    """Fine-tune (ImageNet init) or train from scratch (random init) a zoo model and store it."""
+    """Fine-tune (ImageNet init) or train from scratch (random init) a zoo model and store it; with --like
+    CHECKPOINT --init random, a random-init twin of your own architecture trained on your data."""
     from robaudit.commands._options import deprecated
     from robaudit.core.console import err, print_json
     from robaudit.core.files import validate
@@ -103,9 +119,17 @@ def train(
     cfg = validate(TrainConfig, dict(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                                      optimizer=optimizer, seed=seed, augment=augment, balanced=balanced,
                                      train_limit=train_limit, weights_file=weights_file), flag=True)
-    model = with_replicate(model, replicate)
-    check_trainable(model)
-    card = train_model(model, cfg, device=device, resume=resume, quiet=json_out)
+    if like is not None:
+        card = _train_like(model, like, init, data, cfg, device, resume, json_out, locals())
+    else:
+        if init is not None or data is not None:
+            from robaudit.core.errors import BadInput
+
+            raise BadInput("--init and --data are for a twin of your model (--like CHECKPOINT)",
+                           "a zoo model's name says its init and task: e.g. skin_resnet50_random")
+        model = with_replicate(model, replicate)
+        check_trainable(model)
+        card = train_model(model, cfg, device=device, resume=resume, quiet=json_out)
     if json_out:
         print_json(card.model_dump())
         return
@@ -113,6 +137,23 @@ def train(
     err.print(f"[green]trained[/] {card.name} (replicate {card.replicate}): test accuracy {m['test_accuracy']:.3f} "
               f"(majority class {m['test_majority_rate']:.3f}), val {m['val_accuracy']:.3f}, "
               f"{m['seconds']:.0f} s; weights from {card.weights_source}")
+
+
+def _train_like(name, like, init, data, cfg, device, resume, quiet, values):
+    """``train NAME --like CHECKPOINT --init random``: the user's architecture, re-initialised, trained on
+    the user's data with the user's preprocessing (read as every command reads a model file)."""
+    from robaudit.commands._options import model_ref
+    from robaudit.core.errors import BadInput
+    from robaudit.models import load_model_and_task
+    from robaudit.models.train import train_twin
+
+    if init != "random":
+        raise BadInput(f"--init {init!r} for a twin of your model", "pass --init random (ImageNet weights exist "
+                       "for zoo architectures: train <task>_<arch> instead)")
+    ref = model_ref({**values, "model": None, "checkpoint": like})
+    kw = ref.load_kwargs()
+    lm, task = load_model_and_task(device="cpu", data=data, **kw)
+    return train_twin(lm, task, name, cfg, device=device, resume=resume, quiet=quiet)
 
 
 @app.command("check")

@@ -188,15 +188,19 @@ def check_arch(arch: str) -> str:
 
 
 def build_module(card: ModelCard, state: dict, device):
-    """timm net from the card, loaded with ``state``, wrapped with its normalisation, in eval mode.
+    """A stored model's net from its card, loaded with ``state``, wrapped with its normalisation, in eval mode.
 
-    Every checkpoint, card and --arch goes through here, so the checks live here: the class count of
-    the head, then every key and shape against the architecture, before ``load_state_dict`` (which
-    raises a many-line RuntimeError on a shape mismatch even with ``strict=False``)."""
-    net = own_module(card.arch, len(card.classes)) if ":" in card.arch else None
-    if net is None:
-        check_arch(card.arch)
-        net = timm.create_model(card.arch, pretrained=False, num_classes=len(card.classes))
+    The checks come before ``load_state_dict`` (which raises a many-line RuntimeError on a shape mismatch
+    even with ``strict=False``): the class count of the head, then every key and shape against the
+    architecture. A torchvision, timm: or own-factory arch, or a grey stem, is built by
+    :func:`robaudit.models.formats.build_for_state` (the user-file loader's builder)."""
+    if ":" in card.arch or card.channels != 3:
+        from robaudit.models.formats import build_for_state
+
+        net, _, _ = build_for_state(card.arch, card.arch_kwargs, state, len(card.classes), card.channels)
+        return Normalized(net, card.mean, card.std).to(device).eval()
+    check_arch(card.arch)
+    net = timm.create_model(card.arch, pretrained=False, num_classes=len(card.classes))
     head = _head_classes(state)
     if head is not None and head != len(card.classes):
         raise BadInput(f"checkpoint has a {head}-class head but {card.name!r} expects {len(card.classes)} classes "
@@ -222,25 +226,6 @@ def build_module(card: ModelCard, state: dict, device):
         raise BadInput(f"checkpoint does not fit arch {card.arch!r}: {str(exc).splitlines()[0]}",
                        "pass the --arch the checkpoint was trained with") from None
     return Normalized(net, card.mean, card.std).to(device).eval()
-
-
-def own_module(arch: str, num_classes: int):
-    """``'package.module:Class'``: the user's own network class, built with ``num_classes`` when its
-    constructor takes it (else with no arguments) and loaded with the checkpoint like a timm net."""
-    import importlib
-    import inspect
-
-    mod_name, _, cls_name = arch.partition(":")
-    try:
-        cls = getattr(importlib.import_module(mod_name), cls_name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise BadInput(f"arch {arch!r}: cannot import {cls_name!r} from {mod_name!r} ({exc})",
-                       "put the module on PYTHONPATH, or pass a timm architecture name") from None
-    try:
-        takes = "num_classes" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        takes = False
-    return cls(num_classes=num_classes) if takes else cls()
 
 
 def _head_classes(state: dict) -> int | None:

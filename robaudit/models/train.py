@@ -71,11 +71,11 @@ def _default_lr(transfer: str) -> float:
 def set_trainable(net, transfer: str, top_k: int | None) -> None:
     """Freeze parameters according to the transfer configuration (head always trains)."""
 
-    head = {id(p) for p in net.get_classifier().parameters()}
-    if transfer in ("full", "scratch"):
+    if transfer in ("full", "scratch"):  # every parameter: any nn.Module (a torchvision or own twin too)
         for p in net.parameters():
             p.requires_grad_(True)
         return
+    head = {id(p) for p in net.get_classifier().parameters()}
     for p in net.parameters():
         p.requires_grad_(id(p) in head)
     if transfer == "top-k":
@@ -136,14 +136,61 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
 
     bb = create_backbone(recipe.arch, task.num_classes, pretrained=recipe.init == "imagenet",
                          weights_file=cfg.weights_file)
-    net = bb.net
-    set_trainable(net, recipe.transfer, recipe.top_k)
-    model = Normalized(net, bb.mean, bb.std).to(dev)
+    card = ModelCard(name=name, arch=recipe.arch, init=recipe.init, weights_source=bb.weights,
+                     transfer=recipe.transfer, top_k=recipe.top_k, replicate=recipe.replicate, task=task.full_name,
+                     classes=task.label_names, input_size=cfg.image_size, mean=bb.mean, std=bb.std)
+    return _fit_and_store(bb.net, card, task, cfg, dev, run_seed, resume, quiet)
+
+
+def train_twin(like, task, name: str, config: TrainConfig | None = None, device: str = "auto",
+               resume: bool = True, quiet: bool = False) -> ModelCard:
+    """A random-init twin of a user's model: the same architecture (``like``'s net, every module's
+    ``reset_parameters``), trained from scratch on ``task`` (already in ``like``'s class order) at
+    ``like``'s input size, channels and mean/std, and stored as ``name``. The comparison the audit makes
+    for zoo models (ImageNet init vs random init), for a network robaudit did not train."""
+    import copy
+
+    cfg = config or TrainConfig()
+    if like.card.format in ("torchscript", "torch.export", "onnx") or not hasattr(like.module, "net"):
+        raise BadInput(f"{like.name!r} is a {like.card.format} graph: its architecture cannot be rebuilt",
+                       "pass a state_dict of it with --arch (timm, torchvision:NAME or package.module:factory)")
+    cfg = cfg.model_copy(update={"image_size": like.input_size})
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    net = copy.deepcopy(like.module.net).cpu()
+    reset = 0
+    for m in net.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+            reset += 1
+    if reset == 0:
+        raise BadInput(f"{like.name!r} has no module with reset_parameters()",
+                       "its architecture cannot be re-initialised")
+    c = like.card
+    card = ModelCard(name=name, arch=c.arch, arch_kwargs=c.arch_kwargs, init="random",
+                     weights_source=f"random (reset_parameters of {reset} modules of {c.name})", transfer="scratch",
+                     task=task.full_name, classes=like.classes, input_size=like.input_size, mean=like.mean,
+                     std=like.std, channels=like.channels, twin_of={"name": c.name, "sha256": c.weights_sha256})
+    return _fit_and_store(net, card, task, cfg, dev, cfg.seed, resume, quiet)
+
+
+def _fit_and_store(net, card: ModelCard, task, cfg: TrainConfig, dev, run_seed: int, resume: bool,
+                   quiet: bool) -> ModelCard:
+    """Train ``net`` on ``task`` (best val epoch kept, resumable per epoch) and store it with ``card``
+    completed by the metrics, the training record and the data's sha256."""
+    from robaudit.data.images import to_channels
+
+    name, transfer = card.name, card.transfer or "full"
+    set_trainable(net, transfer, card.top_k)
+    model = Normalized(net, card.mean, card.std).to(dev)
+    ch = card.channels
 
     idx = task.select("train", cfg.train_limit, cfg.seed)
     x_tr, y_tr = task.tensors("train", size=cfg.image_size, indices=idx)
     x_va, y_va = task.tensors("val", size=cfg.image_size) if "val" in task.splits else (x_tr[:0], y_tr[:0])
-    lr = cfg.lr or _default_lr(recipe.transfer)
+    x_tr, x_va = to_channels(x_tr, ch), to_channels(x_va, ch)
+    lr = cfg.lr or _default_lr(transfer)
     params = [p for p in net.parameters() if p.requires_grad]
     best, best_state = {"val_accuracy": -1.0, "epoch": -1}, None
 
@@ -182,28 +229,27 @@ def train_model(name: str, config: TrainConfig | None = None, device: str = "aut
     net.load_state_dict(best_state)
     model.eval()
     x_te, y_te = task.tensors("test", size=cfg.image_size)
+    x_te = to_channels(x_te, ch)
     test_acc, _ = evaluate_accuracy(model, x_te, y_te)
     val_acc, _ = evaluate_accuracy(model, x_va, y_va) if len(x_va) else (float("nan"), None)
     sub = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(cfg.seed))[:1000]
     train_acc, _ = evaluate_accuracy(model, x_tr[sub], y_tr[sub])
     majority = float(np.bincount(y_te.numpy()).max() / len(y_te))
-    card = ModelCard(
-        name=name, arch=recipe.arch, init=recipe.init, weights_source=bb.weights, transfer=recipe.transfer,
-        top_k=recipe.top_k, replicate=recipe.replicate, task=task.full_name, classes=task.label_names,
-        input_size=cfg.image_size,
-        mean=bb.mean, std=bb.std,
+    card = card.model_copy(update=dict(
         metrics={"train_accuracy": train_acc, "val_accuracy": val_acc, "test_accuracy": test_acc,
                  "test_majority_rate": majority, "best_epoch": best["epoch"] + 1,
                  "seconds": time.time() - t0},
-        train=cfg.model_dump() | {"lr": lr, "device": str(dev), "n_train": len(x_tr), "replicate": recipe.replicate,
+        train=cfg.model_dump() | {"lr": lr, "device": str(dev), "n_train": len(x_tr), "replicate": card.replicate,
                                   "run_seed": run_seed,
                                   "memory_format": fitted.memory_format,
                                   "trainable_params": sum(p.numel() for p in params), "history": history},
         data_sha256={s: task.sha256(s) for s in task.splits}, versions=versions(),
-        created=now_iso())
+        created=now_iso()))
     save_model(net, card)
     clear_checkpoint(ckpt)
     return card
+
+
 
 
 def check_trainable(name: str) -> None:
