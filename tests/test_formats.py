@@ -376,6 +376,18 @@ def test_size_limit(trained, monkeypatch):
     assert F.max_model_bytes() == F.MAX_MODEL_BYTES == 4 << 30
 
 
+def test_zip_bomb_refused(tmp_path, monkeypatch):
+    """A small zip that unpacks past the limit (torch's own archives are stored uncompressed)."""
+    path = tmp_path / "bomb.pt"
+    torch.save({"w": torch.zeros(4)}, path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("bomb/data/9", b"\0" * 400_000)
+    monkeypatch.setenv("ROBAUDIT_MAX_MODEL_BYTES", "200000")
+    assert path.stat().st_size < 200_000
+    with pytest.raises(BadInput, match=r"unpacks to 3\d\d\.\d KiB, over robaudit's limit of 195.3 KiB"):
+        _load(path, arch="resnet10t")
+
+
 def test_onnx_external_data_counts_towards_the_limit(trained, tmp_path, monkeypatch):
     path, _ = _onnx_with_external_data(trained, tmp_path)
     monkeypatch.setenv("ROBAUDIT_MAX_MODEL_BYTES", str(path.stat().st_size + 1000))

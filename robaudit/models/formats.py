@@ -90,7 +90,8 @@ def sniff(path: Path) -> str:
     "torchscript" | "torch.export" | "onnx"; BadInput for anything else (and for a file over the limit)."""
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"model file {str(path)!r} does not exist", "check the path")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise BadInput(f"model file {str(path)!r} {what}", "check the path")
     _check_size(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -110,9 +111,14 @@ def sniff(path: Path) -> str:
 def _sniff_zip(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-            fmt_member = next((n for n in names if n.split("/", 1)[-1] == "archive_format"), None)
-            if fmt_member is not None and z.read(fmt_member).strip() == b"pt2":
+            infos = z.infolist()
+            names = [i.filename for i in infos]
+            unpacked = sum(i.file_size for i in infos)
+            if unpacked > max_model_bytes():  # torch's archives are stored uncompressed: a zip bomb is not
+                raise BadInput(f"model file {str(path)!r} unpacks to {_human(unpacked)}, over robaudit's limit of "
+                               f"{_human(max_model_bytes())}", "raise ROBAUDIT_MAX_MODEL_BYTES if that is expected")
+            fmt_member = next((i for i in infos if i.filename.split("/", 1)[-1] == "archive_format"), None)
+            if fmt_member is not None and fmt_member.file_size < 64 and z.read(fmt_member).strip() == b"pt2":
                 return "torch.export"
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise BadInput(f"model file {str(path)!r} is a damaged or truncated zip archive ({exc})",
@@ -397,8 +403,8 @@ def _fit(net: nn.Module, label: str, state: dict, num_classes: int, channels: in
         stem = _grey_stem(net, state, channels)
         if stem:
             notes.append(f"first conv {stem} takes 1 channel")
-    if head and f"{head}.weight" in state:
-        n = int(state[f"{head}.weight"].shape[0])
+    if head and f"{head}.weight" in state and net.get_submodule(head).out_features == num_classes:
+        n = int(state[f"{head}.weight"].shape[0])  # the arch's head is the num_classes head; is the checkpoint's?
         if n != num_classes:
             raise BadInput(f"checkpoint has a {n}-class head but the model expects {num_classes} classes "
                            f"({head}.weight {tuple(state[f'{head}.weight'].shape)})",
@@ -522,6 +528,9 @@ def _load_torchscript(path: Path, trust: bool) -> nn.Module:
 #: graph call targets a .pt2 may name without trust (torch's operators, operator and math builtins)
 _SAFE_TARGET = re.compile(r"(torch\.ops\.[a-z_][a-z0-9_]*\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?|_?operator\.[a-z_]+"
                           r"|math\.[a-z_]+)")
+#: torch's own shape-arithmetic and check functions that dynamic-shape graphs call
+_SAFE_TORCH = ("sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sqrt", "sym_sum", "_check",
+               "_check_is_size", "_assert", "_assert_async")
 
 
 def _vet_export(path: Path) -> None:
@@ -560,13 +569,16 @@ def _vet_export(path: Path) -> None:
                        "re-save it with torch.export.save") from None
 
 
+_SAFE_NAMES = {f"torch.{n}" for n in _SAFE_TORCH}
+
+
 def _unsafe_targets(tree) -> list[str]:
     out, stack = [], [tree]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             t = node.get("target")
-            if isinstance(t, str) and ("__" in t or not _SAFE_TARGET.fullmatch(t)):
+            if isinstance(t, str) and ("__" in t or not _SAFE_TARGET.fullmatch(t)) and t not in _SAFE_NAMES:
                 out.append(t)
             stack.extend(node.values())
         elif isinstance(node, list):
@@ -615,16 +627,29 @@ def _load_export(path: Path, trust: bool) -> tuple[nn.Module, str | None]:
     if switched:
         gm.recompile()
         note = "exported in training mode: batch norm and dropout switched to eval"
-    for p in gm.parameters():
-        p.requires_grad_(False)
-    for m in gm.modules():  # the flag says what the graph does now; GraphModule.eval() raises for these
+    for m in gm.modules():  # the flag says what the graph does now
         m.training = False
-    gm.train = _no_train.__get__(gm)
-    gm.eval = _no_train.__get__(gm)
+    net = _EvalProgram(gm)
     if batch:
         said = f"exported with a fixed batch size {batch}: run in chunks (export with dynamic_shapes for speed)"
-        return _FixedBatch(gm, batch).eval(), f"{note}; {said}" if note else said
-    return gm, note
+        return _FixedBatch(net, batch).eval(), f"{note}; {said}" if note else said
+    return net, note
+
+
+class _EvalProgram(nn.Module):
+    """An exported program, whose mode lives in its graph (fixed to eval at load): ``train()``/``eval()``
+    leave it alone (``GraphModule.eval()`` raises for unlifted programs)."""
+
+    def __init__(self, program: nn.Module):
+        super().__init__()
+        self.program = program
+        self.training = False
+
+    def train(self, mode: bool = True) -> _EvalProgram:
+        return self
+
+    def forward(self, x: torch.Tensor):
+        return self.program(x)
 
 
 def _export_input(ep):
@@ -641,16 +666,13 @@ def _export_batch(ep) -> int | None:
     return int(shape[0]) if shape and type(shape[0]) is int else None
 
 
-def _no_train(self, mode: bool = False):
-    """An exported program's mode lives in its graph (fixed to eval at load); train()/eval() keep it."""
-    return self
-
-
 def _safe_callable(target) -> bool:
     import math
     import operator
 
     if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)):
+        return True
+    if any(target is getattr(torch, n, None) for n in _SAFE_TORCH):
         return True
     return any(target is getattr(mod, getattr(target, "__name__", ""), None) for mod in (operator, math))
 
