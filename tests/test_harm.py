@@ -170,3 +170,18 @@ def test_critical_class_from_flag_card_or_table_and_bad_names():
     assert critical_class(DatasetCard(label_names=["a", "b"]), None, ["a", "b"]) == (None, None)
     with pytest.raises(ValueError, match="critical_class"):
         DatasetCard(label_names=["a", "b"], critical_class="c")
+
+
+def test_report_per_image_bundles_the_records(run, tmp_path):
+    from test_report import run_cli
+
+    r, out = run
+    assert run_cli(["report", out / "result.json", "--per-image", "--out", tmp_path / "rep"]) == 0
+    with open(tmp_path / "rep" / "per-image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 300 and {w["cell"] for w in rows} == {ra.grading.cell_label(r.result)}
+    assert [w["adv"] for w in rows] == [w["adv"] for w in _csv(out)] and (tmp_path / "rep" / "report.html").is_file()
+    ra.report(r.result, tmp_path / "lib" / "report.md")                # no run folder: no bundle asked, none written
+    assert not (tmp_path / "lib" / "per-image.csv").exists()
+    ra.report(out / "result.json", tmp_path / "lib" / "report.md", per_image=True)
+    assert (tmp_path / "lib" / "per-image.csv").read_text().count("\n") == 301

@@ -198,17 +198,21 @@ def audit(recipe: str | Path, out: str | Path | None = None, *, resume: bool = F
 
 
 def report(result: Result | list[Result] | str | Path, path: str | Path, *, format: str | None = None,
-           title: str | None = None) -> Path:
+           title: str | None = None, per_image: bool = False) -> Path:
     """Write the report of a result, several results, or a result.json / audit.json file to ``path``
-    (format from ``format`` or the suffix: html, md, json, pdf)."""
+    (format from ``format`` or the suffix: html, md, json, pdf). ``per_image``: also ``per-image.csv`` beside
+    it, every cell's predictions.csv in one file (a result file's run folder holds them)."""
     from robaudit.grading import as_input, load_input
-    from robaudit.reporting import build_report, check_formats, write_report
+    from robaudit.reporting import build_report, bundle_predictions, check_formats, write_report
 
     path = Path(path)
     fmt = format or {".html": "html", ".md": "md", ".json": "json", ".pdf": "pdf"}.get(path.suffix.lower(), "html")
     (fmt,) = check_formats([fmt])
     src = load_input(result) if isinstance(result, (str, Path)) else as_input(result)
-    return write_report(build_report(src, title=title), fmt, path)
+    rep = build_report(src, title=title)
+    if per_image:
+        bundle_predictions(rep, path.parent / "per-image.csv")
+    return write_report(rep, fmt, path)
 
 
 def gate(result: Result | str | Path, policy: str | Path):

@@ -18,6 +18,8 @@ def report(
         "--out", "-o", help="Output file ('-' for stdout, not for pdf; md appends to $GITHUB_STEP_SUMMARY). "
         "Default: report.<ext> next to RESULT (json: stdout).")] = None,
     title: Annotated[Optional[str], typer.Option(help="Report title (default: from the model names).")] = None,
+    per_image: Annotated[bool, typer.Option("--per-image", help="Also write per-image.csv beside the report: every "
+                                            "cell's predictions.csv in one file, a cell column first.")] = False,
 ) -> None:
     """Write a robustness report for a security or regulatory reviewer."""
     import sys
@@ -28,10 +30,25 @@ def report(
     from robaudit.core.errors import BadInput
     from robaudit.core.files import is_step_summary, preflight_file, write_failure
     from robaudit.grading import load_input
-    from robaudit.reporting import SUFFIX, build_report, check_formats, render, report_json, write_report
+    from robaudit.reporting import (
+        SUFFIX,
+        build_report,
+        bundle_predictions,
+        check_formats,
+        render,
+        report_json,
+        write_report,
+    )
 
     (fmt,) = check_formats([fmt])
     rep = build_report(load_input(result), title=title)
+    if per_image:
+        target = out if out is not None and str(out) != "-" else result.parent
+        folder = target if target.is_dir() or not target.suffix else target.parent
+        bundle = folder / "per-image.csv"  # beside the report; never a run's own predictions.csv
+        preflight_file(bundle, "--per-image")
+        written, n = bundle_predictions(rep, bundle)
+        info(f"wrote {escape(str(written))} (per-image records of {n} cell(s))")
     if out is None and fmt == "json":
         print_json(report_json(rep))
         return

@@ -457,7 +457,8 @@ def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> 
     critical, critical_source = critical_of(spec.critical_class, task, lm.classes)
     harm = harm_metrics(m.clean, m.adv, prep.y_eval, lm.classes, critical=critical, critical_source=critical_source,
                         target=target, control_adv=m.records.control_adv if m.records else None)
-    env = environment(lm.device) | software_versions() | {"seed": spec.seed} | ({"distributed": prep.group.info()} if prep.group else {})
+    env = environment(lm.device) | software_versions() | {"seed": spec.seed} | \
+        ({"distributed": prep.group.info()} if prep.group else {})
     return Result(robaudit_version=__version__, created=now_iso(), command=command_line() or None, environment=env,
                   model=lm.info(), data=task.data_info(spec.split, len(prep.x_eval)), attack=attack,
                   metrics=m.metrics, control=m.control, comparison=m.comparison, harm=harm, notes=notes)

@@ -7,9 +7,10 @@ with the gate; :mod:`~robaudit.reporting.build` grades a document into a :class:
 
 from robaudit.reporting.build import Report, build_report, report_json
 from robaudit.reporting.render import FORMATS, SUFFIX, check_formats, render, write_report, write_reports
+from robaudit.reporting.review import bundle_predictions
 
-__all__ = ["FORMATS", "SUFFIX", "Report", "build_report", "check_formats", "render", "report_json", "write_report",
-           "write_reports"]
+__all__ = ["FORMATS", "SUFFIX", "Report", "build_report", "bundle_predictions", "check_formats", "render",
+           "report_json", "write_report", "write_reports"]
 
 
 def _render_result(result, fmt: str) -> str:

@@ -24,7 +24,7 @@ from robaudit.grading import (
     severity_rank,
     source_kind,
 )
-from robaudit.reporting.review import bill_of_materials, harm_line
+from robaudit.reporting.facts import bill_of_materials, harm_line
 
 
 @dataclass(kw_only=True)
@@ -134,4 +134,5 @@ def report_json(report: Report) -> dict[str, Any]:
     return {"kind": "robaudit-report", "robaudit_version": __version__, "result_schema": SCHEMA_VERSION,
             "title": report.title, "severity": report.severity, "verdict": report.verdict,
             "summary": report.summary, "headline": report.headline, "counts": report.counts(),
-            "severity_rule": SEVERITY_RULE, "bill_of_materials": bill_of_materials(report), "findings": findings}
+            "severity_rule": SEVERITY_RULE, "bill_of_materials": bill_of_materials(report.cells, report.meta),
+            "findings": findings}

@@ -4,22 +4,26 @@ written from the run's own facts. Every item is read from the results; nothing h
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
 
-from robaudit.core.fmt import ci_text, pct
+from robaudit.core.errors import BadInput
+from robaudit.core.files import atomic_write_text
+from robaudit.core.fmt import pct
 from robaudit.core.results import Result
 from robaudit.grading import cell_label
-
-if TYPE_CHECKING:  # build.py imports this module to write the JSON summary
-    from robaudit.reporting.build import Report
+from robaudit.reporting.build import Report
+from robaudit.reporting.facts import bill_of_materials, data_identity, harm_line, model_identity
+from robaudit.reporting.facts import fmt_value as _fmt
+from robaudit.reporting.plots import find_artifact
 
 #: the published attacker's photo budget (Minagi et al. 2022): 100,000 ImageNet photos
 PUBLISHED_BUDGET = 100_000
 #: the threat models an audit can evaluate (``attack.threat_model``)
 THREATS = ("white-box natural", "zero-knowledge surrogate", "training images")
-#: software a reviewer's bill of materials names (environment keys of a result)
-BOM_KEYS = ("robaudit", "python", "torch", "torchvision", "timm", "adversarial-robustness-toolbox", "foolbox",
-            "torchattacks", "numpy", "scipy", "statsmodels", "platform", "device", "gpu", "torch_threads")
 #: attack fields that are settings (the rest of AttackInfo are outcomes: seconds, achieved norm, ...)
 SETTINGS = ("threat_model", "method", "mode", "backend", "norm", "zeta", "eps", "eps_scale", "clip", "source",
             "source_n", "budget", "surrogate", "max_iter", "steps", "step_size", "batch_size", "seed", "device",
@@ -28,34 +32,11 @@ SETTING_TITLES = {"threat_model": "threat model", "target_name": "target", "sour
                   "eps_scale": "eps unit", "max_iter": "passes", "step_size": "step size", "batch_size": "batch"}
 
 
-def _fmt(x: Any) -> str:
-    if x is None:
-        return ""
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    if isinstance(x, (list, tuple)):
-        return ", ".join(_fmt(v) for v in x)
-    return str(x)
-
-
 def _uap(report: Report) -> list[int]:
     return [i for i in report.uap_indices if report.cells[i].metrics is not None]
 
 
 # ----------------------------------------------------------------------------------------------- harm
-def harm_line(result: Result) -> str | None:
-    """The harm figure a summary leads with: the critical class's missed-disease rate, or None."""
-    h = result.harm.critical if result.harm is not None else None
-    if h is None:
-        return None
-    r = h.missed_disease
-    ctrl = f" (random control {pct(h.control_missed_disease)})" if h.control_missed_disease is not None else ""
-    return (f"missed {h.name}: {pct(r.value)} {ci_text(r.ci)} of {r.n} correctly detected {h.name} images turned "
-            f"into another class{ctrl}")
-
-
 def critical_rows(report: Report) -> list[dict[str, Any]]:
     """One row per UAP cell with a critical class: missed-disease and false-alarm rates, control, direction."""
     rows = []
@@ -136,43 +117,6 @@ def threat_rows(report: Report) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------------- identity and BOM
-def _unique(items):
-    seen, out = set(), []
-    for key, item in items:
-        if key not in seen:
-            seen.add(key)
-            out.append(item)
-    return out
-
-
-def model_identity(report: Report) -> list[dict[str, Any]]:
-    """Each audited model once: name, arch, sha256, format, preprocessing and where each value came from."""
-    out = []
-    for m in _unique([(c.model.name + (c.model.sha256 or ""), c.model) for c in report.cells]):
-        pre = getattr(m, "preprocessing", None) or {}
-        src = pre.get("source") if isinstance(pre.get("source"), dict) else {}
-        fields = {"mean": m.mean, "std": m.std, "input_size": m.input_size, "channels": m.channels}
-        fields |= {k: v for k, v in pre.items() if k not in ("source", "classes")}
-        items = [f"{k} {_fmt(v)}" + (f" ({src[k]})" if k in src else "") for k, v in fields.items() if v is not None]
-        out.append({"name": m.name, "arch": m.arch, "init": m.init, "transfer": m.transfer or "",
-                    "sha256": m.sha256 or "not recorded", "format": getattr(m, "format", None) or "not recorded",
-                    "preprocessing": "; ".join(items) or "not recorded",
-                    "classes": ", ".join(m.classes) + (f" ({src['classes']})" if "classes" in src else ""),
-                    "onnx_parity": getattr(m, "onnx_parity", None)})
-    return out
-
-
-def data_identity(report: Report) -> list[dict[str, Any]]:
-    """Each evaluated image set once: sha256, split, images per class."""
-    out = []
-    for c in _unique([(f"{c.data.name}/{c.data.split}/{c.data.sha256}/{c.data.n}", c) for c in report.cells]):
-        d, m = c.data, c.metrics
-        counts = ", ".join(f"{k.name} {k.n}" for k in m.per_class) if m is not None and m.per_class else ""
-        out.append({"name": d.name, "split": d.split, "n": d.n, "sha256": d.sha256 or "not recorded",
-                    "counts": counts, "path": d.path or "", "view": d.view or ""})
-    return out
-
-
 def settings(report: Report) -> tuple[list[tuple[str, str]], list[str], list[list[str]]]:
     """Attack settings stated once where every UAP cell shares them, and a table of only the ones that differ."""
     cells = [report.cells[i] for i in _uap(report)] or list(report.cells)
@@ -184,36 +128,11 @@ def settings(report: Report) -> tuple[list[tuple[str, str]], list[str], list[lis
     return shared, cols, rows if differ else []
 
 
-def bill_of_materials(report: Report) -> dict[str, Any]:
-    """Machine-readable: software versions, models and data by hash, seeds and run time, from the results."""
-    software: dict[str, list[str]] = {}
-    for c in report.cells:
-        env = dict(c.environment)
-        env.setdefault("robaudit", c.robaudit_version)
-        for k in BOM_KEYS:
-            if k in env and str(env[k]) not in software.setdefault(k, []):
-                software[k].append(str(env[k]))
-    seconds = [c.attack.seconds for c in report.cells if c.attack.seconds is not None]
-    run_seconds = report.meta.get("seconds") if isinstance(report.meta.get("seconds"), (int, float)) else None
-    return {
-        "software": {k: v[0] if len(v) == 1 else v for k, v in software.items() if v},
-        "models": [{"name": m["name"], "arch": m["arch"], "sha256": m["sha256"], "format": m["format"]}
-                   for m in model_identity(report)],
-        "data": [{"name": d["name"], "split": d["split"], "n": d["n"], "sha256": d["sha256"]}
-                 for d in data_identity(report)],
-        "seeds": sorted({c.attack.seed for c in report.cells if c.attack.seed is not None}),
-        "attack_seconds": round(sum(seconds), 1) if seconds else None,
-        "run_seconds": round(float(run_seconds), 1) if run_seconds is not None else None,
-    }
-
-
 # ------------------------------------------------------------------------------------- limitations
 def detectable_effect(n: int, p0: float, power: float = 0.8, alpha: float = 0.05) -> float | None:
     """The smallest rate above ``p0`` that ``n`` images detect with ``power`` (two-sided ``alpha``; Cohen's h with
     statsmodels' NormalIndPower, two samples of n: conservative for the paired test the audit runs)."""
-    import math
-
-    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.power import NormalIndPower  # statsmodels.stats.power is slow to import
 
     if n < 2:
         return None
@@ -314,8 +233,39 @@ def review_context(report: Report) -> dict[str, Any]:
         "critical_rows": critical_rows(report), "class_rows": class_rows(report),
         "transition": transitions(report.cells[matrix_cells[0]]) if matrix_cells else None,
         "other_transitions": [t for i in matrix_cells[1:] if (t := transitions(report.cells[i])) is not None],
-        "threat_rows": threat_rows(report), "model_identity": model_identity(report),
-        "data_identity": data_identity(report), "shared_settings": shared, "diff_cols": diff_cols,
-        "diff_rows": diff_rows, "bom": bill_of_materials(report), "fact_limitations": fact_limitations(report),
+        "threat_rows": threat_rows(report), "model_identity": model_identity(report.cells),
+        "data_identity": data_identity(report.cells), "shared_settings": shared, "diff_cols": diff_cols,
+        "diff_rows": diff_rows, "bom": bill_of_materials(report.cells, report.meta),
+        "fact_limitations": fact_limitations(report),
         "residual_risk": residual_risk(report), "severity_note": severity_note(report),
     }
+
+
+# ------------------------------------------------------------------------------------ per-image bundle
+def bundle_predictions(report: Report, path: str | Path) -> tuple[Path, int]:
+    """Every cell's predictions.csv in one file, a ``cell`` column first (``robaudit report --per-image``), so a
+    reviewer can pull any finding back to its images. Returns (path, cells bundled); a cell without the file
+    (written before 0.6, or a per-sample attack) is named in a BadInput when none has one."""
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    header, bundled = None, 0
+    for c in report.cells:
+        src = find_artifact(report, c, "predictions.csv", "predictions.csv")
+        if src is None or not src.is_file():
+            continue
+        with src.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        if not rows:
+            continue
+        if header is None:
+            header = ["cell"] + rows[0]
+            out.writerow(header)
+        for row in rows[1:]:
+            out.writerow([cell_label(c)] + row)
+        bundled += 1
+    if not bundled:
+        raise BadInput("no cell of this document has a predictions.csv beside it",
+                       "re-run the cells with this robaudit version (each run writes predictions.csv)")
+    path = Path(path)
+    atomic_write_text(path, buf.getvalue())
+    return path, bundled
