@@ -54,6 +54,16 @@ def print_uap_summary(result: Result, out_dir: Path | None = None, reports: Iter
     for col in ("metric", "UAP", "95% CI", "random control (mean of draws)", "control CI"):
         t.add_column(col)
     c = result.control
+    crit = result.harm.critical if result.harm is not None else None
+    if crit is not None:  # the direction leads: how often the perturbation hides the disease
+        r = crit.missed_disease
+        t.add_row(f"missed {crit.name} (of {r.n} detected)", pct(r.value), ci_text(r.ci),
+                  f"{pct(crit.control_missed_disease)} (median draw)" if crit.control_missed_disease is not None
+                  else "", "")
+        t.add_row(f"false {crit.name} alarms (of {crit.false_alarm.n})", pct(crit.false_alarm.value),
+                  ci_text(crit.false_alarm.ci),
+                  f"{pct(crit.control_false_alarm)} (median draw)" if crit.control_false_alarm is not None else "",
+                  "")
     t.add_row("fooling rate", pct(m.fooling_rate.value), ci_text(m.fooling_rate.ci),
               pct(c.fooling_rate.value) if c else "", ci_text(c.fooling_rate.ci) if c else "")
     if m.targeted_success_rate is not None:
