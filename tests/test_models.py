@@ -113,8 +113,9 @@ def test_checkpoint_class_count_mismatch(tmp_path, data_root):
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     with pytest.raises(BadInput, match="3-class head but .* expects 2 classes"):
         load_model(checkpoint=path, arch="resnet10t", task="pneumonia", device="cpu")
-    with pytest.raises(BadInput, match="no card beside it"):
+    with pytest.raises(BadInput, match="does not name its classes") as e:  # no card, no data, no --classes
         load_model(checkpoint=path, device="cpu")
+    assert "--classes" in e.value.hint
     (tmp_path / "junk.safetensors").write_bytes(os.urandom(64))
     with pytest.raises(BadInput, match="not a valid safetensors"):
         load_state(tmp_path / "junk.safetensors")
