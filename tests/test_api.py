@@ -114,10 +114,14 @@ def test_bad_arguments_are_one_line(grey):
         with pytest.raises(ra.BadInput) as e:
             make()
         assert text in str(e.value) and "\n" not in str(e.value), (text, str(e.value))
-    # a head read in the wrong class order is refused, not silently inverted
+    # classes= names the head's order: the data's labels are mapped to it by name, so a wrong order given
+    # here reads the network backwards, which the pre-audit check refuses (not silently inverted)
     model = ra.Model(net, classes=classes[::-1], mean=MEAN, std=STD, input_size=32, channels=1)
-    with pytest.raises(ra.BadInput, match="class order differs"):
+    with pytest.raises(ra.BadInput, match="below chance") as e:
         ra.uap(model, _data(arrays, classes), source="train", **SETTINGS)
+    assert "--force" in str(e.value)
+    chk = ra.check(model, _data(arrays, classes))
+    assert chk.below_chance and chk.data["mapping"] == {classes[0]: classes[0], classes[1]: classes[1]}
     # zeta needs training images; an unknown setting names the argument
     only_test = ra.Data(test=arrays["test"], classes=classes)
     model = ra.Model(net, classes=classes, mean=MEAN, std=STD, input_size=32, channels=1)
