@@ -133,6 +133,13 @@ def test_bare_arch_resolves_to_the_fitting_library(tmp_path):
     with pytest.raises(BadInput, match=r"^checkpoint fits neither timm's 'resnet18' \(.*missing.*\) nor "
                                        r"torchvision's 'resnet18' \(.*missing"):
         _load(path, arch="resnet18")
+    with pytest.raises(BadInput, match=r"^checkpoint does not fit arch 'torchvision:mobilenet_v3_small' \(only "
+                                       r"torchvision has 'mobilenet_v3_small'\): \d+ missing"):
+        _load(path, arch="mobilenet_v3_small")
+    same = tmp_path / "resnet18.pt"  # torchvision's resnet18 keys are timm's: timm, tried first, is used
+    torch.save(_state(torchvision.models.get_model("resnet18", weights=None, num_classes=2)), same)
+    nf = _load(same, arch="resnet18")
+    assert nf.arch == "timm:resnet18" and nf.note == "--arch resnet18: timm's key layout fits (timm is tried first)"
     with pytest.raises(BadInput, match="unknown architecture 'efficientnet_bo'; did you mean"):
         _load(path, arch="efficientnet_bo")
     with pytest.raises(BadInput, match="no architecture"):
@@ -429,10 +436,19 @@ def test_onnx_parity_refused_with_the_figure(trained, monkeypatch):
         _load(trained["paths"]["onnx"], probe=trained["x"][:4])
 
 
+def test_onnx_input_declared_by_the_file(trained):
+    assert F.onnx_input_size(trained["paths"]["onnx"]) == SIZE
+    assert F.input_channels(trained["paths"]["onnx"], "onnx", False) == 3
+
+
 def test_onnx_without_the_extra_gives_the_install_hint(trained, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx2torch", None)
     with pytest.raises(BadInput, match=r"needs onnx, onnxruntime and onnx2torch.*pip install 'robaudit\[onnx\]'"):
         _load(trained["paths"]["onnx"])
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert F.sniff(trained["paths"]["onnx"]) == "onnx"  # recognised without onnx itself, so the hint is right
+    with pytest.raises(BadInput, match=r"\(onnx is not installed\).*pip install 'robaudit\[onnx\]'"):
+        F.onnx_input_size(trained["paths"]["onnx"])
 
 
 def test_garbage_and_truncated_files(trained, tmp_path):

@@ -329,7 +329,7 @@ def build_for_state(arch: str, arch_kwargs: dict | None, state: dict, num_classe
         if tried:
             why = f"{lib}'s key layout fits ({other}'s does not)"
         elif len(libs) == 2:
-            why = f"{lib}'s key layout fits (timm is tried before torchvision)"
+            why = f"{lib}'s key layout fits (timm is tried first)"
         else:
             why = f"{lib}'s architecture ({other} has no {name!r})"
         said = f"--arch {name}: {why}"
