@@ -22,6 +22,8 @@ import pytest
 from test_report import HOSTILE, HOSTILE_IMG, per_sample_cell, uap_cell, write_run
 
 TIMEOUT_S = 30
+#: the reviewer's screen: nothing may scroll sideways at this width
+WIDTH = 1280
 
 
 def _chromium() -> str:
@@ -122,6 +124,14 @@ PAGE_STATE = """JSON.stringify({
   pwned: typeof window.__pwned !== 'undefined',
   sections: Array.from(document.querySelectorAll('section > h2')).map(h => h.textContent.trim()),
   overflow: document.documentElement.scrollWidth > window.innerWidth + 2,
+  wide_tables: Array.from(document.querySelectorAll('table')).filter(t =>
+    t.getBoundingClientRect().right > document.body.getBoundingClientRect().right + 1
+    || t.scrollWidth > t.clientWidth + 2)
+    .map(t => [(t.querySelector('th') || t).textContent.trim().slice(0, 30), Math.round(t.getBoundingClientRect().right),
+               Math.round(document.body.getBoundingClientRect().right)]),
+  tallest_row: Math.max(...Array.from(document.querySelectorAll('tr')).map(r => r.getBoundingClientRect().height)),
+  raw_json: /[{]\s*"/.test(document.body.innerText),
+  ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
   height: document.documentElement.scrollHeight,
   title: document.title
 })"""
@@ -150,14 +160,14 @@ def test_html_report_renders_cleanly_in_chromium(tmp_path):
             session = dt.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Page", "Runtime", "Log", "Network"):
                 dt.call(f"{domain}.enable", session=session)
-            dt.call("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": 900, "deviceScaleFactor": 1,
+            dt.call("Emulation.setDeviceMetricsOverride", {"width": WIDTH, "height": 900, "deviceScaleFactor": 1,
                                                            "mobile": False}, session=session)
             dt.call("Page.navigate", {"url": html.resolve().as_uri()}, session=session)
             dt.wait_for("Page.loadEventFired")
             state = json.loads(dt.call("Runtime.evaluate", {"expression": PAGE_STATE, "returnByValue": True},
                                        session=session)["result"]["value"])
             shot = dt.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                      "clip": {"x": 0, "y": 0, "width": 1200,
+                                                      "clip": {"x": 0, "y": 0, "width": WIDTH,
                                                                "height": min(state["height"], 16000), "scale": 1}},
                            session=session)
             pdf = dt.call("Page.printToPDF", {"printBackground": True, "preferCSSPageSize": True}, session=session)
@@ -185,11 +195,19 @@ def test_html_report_renders_cleanly_in_chromium(tmp_path):
 
     assert state["title"].startswith("robaudit robustness report")
     assert state["scripts"] == 0 and not state["pwned"]
-    assert state["sections"][:4] == ["Verdict", "Threat model", "What was audited", "Findings"]
+    # verdict, harm and findings first, the reviewer's section, the technical appendix last
+    assert state["sections"][:4] == ["Verdict", "Harm by diagnosis", "Findings", "For the reviewer"]
+    assert state["sections"][-1] == "Technical appendix"
     assert "Plots" in state["sections"] and "The perturbation" in state["sections"]
+    for part in ("threat-model", "models", "data", "settings", "bom", "limitations", "mitigations"):
+        assert part in state["ids"], part
+    assert not state["raw_json"], "the page shows raw JSON"
+    assert not state["wide_tables"], f"tables wider than the page: {state['wide_tables']}"
+    assert state["tallest_row"] < 200, f"a table row {state['tallest_row']:.0f} px tall"
     # rate vs zeta, targeted per class, transfer, confusion, robust accuracy, perturbation, examples
     assert len(state["images"]) == 7 and all(i["ok"] and i["w"] > 50 for i in state["images"]), state["images"]
     assert all(i["ok"] for i in printed["images"]) and printed["scripts"] == 0
-    assert not state["overflow"], "the report scrolls sideways at 1200 px"
+    assert not state["overflow"], f"the report scrolls sideways at {WIDTH} px"
+    assert not printed["overflow"] and not printed["wide_tables"], printed["wide_tables"]
     assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 50_000
     assert printed_pdf.read_bytes().startswith(b"%PDF-")
