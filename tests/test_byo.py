@@ -264,3 +264,13 @@ def test_monai_network_through_arch_kwargs(xray_folder, tmp_path, capsys):
     assert r.exit_code in (0, 1), r.output
     assert d["model"]["channels"] == 1 and d["model"]["provenance"]["channels"] == "model file"
     assert d["model"]["arch"] == "monai.networks.nets:DenseNet121" and d["n"] == 16
+
+
+def test_default_photos_without_a_data_root_are_the_bundled_set(files, xray_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ROBAUDIT_DATA", str(tmp_path))  # a data root without imagenet/
+    r = Ran(capsys, ["uap", "--checkpoint", files["onnx"], "--data", xray_folder, *FLAGS, "--classes", ",".join(HEAD),
+                     "--budget", "32", "--select-limit", "32", "--eval-limit", "48", "--controls", "1",
+                     "--out", tmp_path / "run", "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert "the photo source is the bundled 'natural' set" in r.output
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["attack"]["source"] == "natural"

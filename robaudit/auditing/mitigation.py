@@ -59,7 +59,8 @@ def reaudit_specs(original: dict, hardened: dict, rec: dict, cfg: ReauditConfig,
                 batch_size=cfg.batch_size, select="val", select_limit=hc["select_limit"], device=cfg.device)
     photos = dict(source="imagenet", source_limit=hc["audit_photos"])
     train = dict(source="train", source_limit=cfg.train_source_limit)
-    per = {"photos": photos, "train": train, "surrogate": photos | {"surrogate": "pretrained"},
+    surrogate = photos | {"surrogate": "pretrained"} | ({"weights_file": cfg.weights_file} if cfg.weights_file else {})
+    per = {"photos": photos, "train": train, "surrogate": surrogate,
            "targeted": train | {"target": target}}
     out = []
     for threat in cfg.threats:

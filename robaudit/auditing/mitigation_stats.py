@@ -57,6 +57,8 @@ class ReauditConfig(BaseModel):
     max_accuracy_drop: float = Field(0.03, ge=0, le=1, description="tolerated balanced accuracy drop")
     bootstrap: int = Field(2000, ge=100)
     device: str = "auto"
+    weights_file: str | None = Field(None, description="ImageNet weights of the arch for the surrogate cell when "
+                                     "it has none offline")
 
 
 def _bootstrap_ci(fn, data: tuple, n: int, seed: int) -> list[float]:

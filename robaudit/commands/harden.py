@@ -72,6 +72,8 @@ def harden(
     reaudit: Annotated[bool, typer.Option("--reaudit/--no-reaudit", help="Re-audit after hardening.")] = True,
     resume: Annotated[bool, typer.Option("--resume/--restart", help="Resume an interrupted hardening and reuse "
                                                                       "finished re-audit cells.")] = True,
+    weights_file: Annotated[Optional[Path], typer.Option(help="ImageNet weights of the arch for the re-audit's "
+                                                            "zero-knowledge cell when it has none offline.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Re-audit folder (default reports/<stamp>-harden-NAME).")]
     = None,
@@ -103,7 +105,8 @@ def harden(
     rcfg = validate(ReauditConfig, dict(threats=[t.strip() for t in threats.split(",") if t.strip()],
                                         target=target, budget=budget, eval_limit=eval_limit,
                                         train_source_limit=train_source_limit, controls=controls, pgd_n=pgd_n,
-                                        max_accuracy_drop=max_accuracy_drop, device=device), flag=True)
+                                        max_accuracy_drop=max_accuracy_drop, device=device,
+                                        weights_file=str(weights_file) if weights_file else None), flag=True)
     from robaudit.commands._options import model_ref
 
     ref = model_ref({**locals(), "model": None})
