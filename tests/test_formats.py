@@ -227,6 +227,24 @@ def test_monai_densenet_through_arch_kwargs(tmp_path):
         _load(path, arch="monai.networks.nets:Nope")
 
 
+def test_own_factory_gets_num_classes_unless_given(tmp_path, monkeypatch):
+    (tmp_path / "my_nets_for_formats.py").write_text(
+        "from torch import nn\n"
+        "def small(num_classes, width=4):\n"
+        "    return nn.Sequential(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(width, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+    path = tmp_path / "small.safetensors"
+    save_file(_state(net), str(path))
+    nf = _load(path, arch="my_nets_for_formats:small", arch_kwargs={"width": 6})
+    assert nf.net[3].out_features == 2 and nf.arch == "my_nets_for_formats:small"
+    with pytest.raises(BadInput, match=r"^checkpoint does not fit arch 'my_nets_for_formats:small': .*wrongly shaped"):
+        _load(path, arch="my_nets_for_formats:small")  # width 4: the checkpoint's conv has 6 channels
+    with pytest.raises(BadInput, match="has a 2-class head but the model expects 3 classes"):
+        _load(path, arch="my_nets_for_formats:small", arch_kwargs={"width": 6}, num_classes=3)
+
+
 def test_own_code_is_imported_only_when_asked(tmp_path):
     """Loading robaudit's format code imports no user package (monai here); ``--arch pkg:factory`` does."""
     code = ("import sys, robaudit.models.formats as F; print('monai' in sys.modules)")
@@ -415,6 +433,49 @@ def test_onnx_unsupported_op_named(tmp_path):
     with pytest.raises(BadInput, match=r"^the ONNX graph uses GlobalLpPool \(opset 17\), which .* does not support "
                                        r"\(re-export with torch.onnx.export\(..., dynamo=False, opset_version=17\)\)"):
         _load(path)
+
+
+def _opset20_graph(shape: list[int]):
+    """What torch.onnx.export(..., dynamo=True) writes for conv -> relu -> mean pool -> flatten -> linear:
+    opset 20, ReduceMean-18 (axes as an input), Reshape with allowzero=1."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+             numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape"),
+             numpy_helper.from_array(rng.normal(size=(2, 4)).astype(np.float32), "fc_w"),
+             numpy_helper.from_array(rng.normal(size=2).astype(np.float32), "fc_b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ReduceMean", ["r", "axes"], ["m"], keepdims=1),
+             helper.make_node("Reshape", ["m", "shape"], ["f"], allowzero=1),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), ir_version=10,
+                             opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_onnx_dynamo_style_opset20_graph(tmp_path):
+    """Supported honestly: allowzero dropped (no 0 in the shape), opset 20 converted to 17, parity checked;
+    with a 0 in the shape (where allowzero matters) it is refused naming the op."""
+    import onnx
+    import onnxruntime
+
+    path = tmp_path / "dynamo.onnx"
+    onnx.save_model(_opset20_graph([-1, 4]), str(path))
+    nf = _load(path)
+    assert "ONNX opset 20 converted to 17" in nf.note and nf.parity < 1e-5
+    x = torch.randn(5, 3, 8, 8)
+    ref = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(nf.net(x).numpy(), ref, atol=1e-5)
+    zero = tmp_path / "allowzero.onnx"
+    onnx.save_model(_opset20_graph([0, 4]), str(zero))
+    with pytest.raises(BadInput, match=r"^the ONNX graph uses .*Reshape with allowzero=1 \(opset 20\), which "
+                                       r".* \(re-export"):
+        _load(zero)
 
 
 def test_onnx_parity_refused_with_the_figure(trained, monkeypatch):

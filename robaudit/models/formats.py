@@ -769,7 +769,8 @@ def _opset(model) -> int:
 
 
 def _unsupported_ops(model) -> list[str]:
-    """Nodes onnx2torch has no converter for at the model's opset: "Op (opset N)" or "domain.Op"."""
+    """Nodes onnx2torch has no converter for at the model's opset ("Op (opset N)", "domain.Op (opset N)"),
+    and a Reshape whose ``allowzero=1`` matters (onnx2torch does not implement it)."""
     from onnx import defs
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
 
@@ -784,8 +785,10 @@ def _unsupported_ops(model) -> list[str]:
                 since = defs.get_schema(n.op_type, domain=domain, max_inclusive_version=version).since_version
             except Exception:  # noqa: BLE001 - SchemaError / RuntimeError for an unknown op
                 since = version
-            if OperationDescription(domain, n.op_type, since) not in _CONVERTER_REGISTRY:
+            allowzero = n.op_type == "Reshape" and any(a.name == "allowzero" and a.i == 1 for a in n.attribute)
+            if allowzero or OperationDescription(domain, n.op_type, since) not in _CONVERTER_REGISTRY:
                 name = f"{domain}.{n.op_type}" if domain else n.op_type
+                name += " with allowzero=1" if allowzero else ""
                 label = f"{name} (opset {version})"
                 if label not in out:
                     out.append(label)
@@ -891,8 +894,9 @@ def _load_onnx(path: Path, channels: int, probe: torch.Tensor | None, tol: float
             model, bad = down, []
             notes.append(f"ONNX opset {opset} converted to {ONNX_MAX_OPSET}")
     if bad:
-        raise BadInput(f"the ONNX graph uses {bad[0]}, which robaudit's converter (onnx2torch) does not support"
-                       + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""), REEXPORT)
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise BadInput(f"the ONNX graph uses {', '.join(bad[:3])}{more}, which robaudit's converter (onnx2torch) "
+                       "does not support", REEXPORT)
     try:
         net = onnx2torch.convert(model)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises KeyError, NotImplementedError, ... per op
