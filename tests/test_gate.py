@@ -183,6 +183,47 @@ def test_every_rule_kind_on_real_results(audit):
     assert res.exit_code() == 1 and not res.errors
 
 
+def test_harm_rules_read_the_missed_disease_and_sensitivity_fields(audit, tmp_path, capsys):
+    """The ridge cells declare melanoma critical (a card's critical_class): the rules read result.json's harm."""
+    from robaudit.gating import evaluate, parse_policy
+    from robaudit.grading import load_input
+
+    ai = load_input(audit)
+    weak, strong, targeted = ai.cells[0], ai.cells[1], ai.cells[2]
+    assert targeted.harm.critical.direction == "raises false alarms"           # targeted toward melanoma itself
+    pol = parse_policy({"rule": [
+        {"id": "missed", "kind": "max_missed_disease_rate", "max": 0.5, "select": {"targeted": False}},
+        {"id": "missed-lower", "kind": "max_missed_disease_rate", "max": 0.5, "bound": "lower"},
+        {"id": "sens-mel", "kind": "max_sensitivity_drop", "max": 0.05},
+        {"id": "sens-nevi-upper", "kind": "max_sensitivity_drop", "class": "melanocytic nevi", "max": 0.05,
+         "bound": "upper", "select": {"zeta": 0.04}}]})
+    res = evaluate(pol, ai)
+    by: dict[str, list] = {}
+    for c in res.checks:
+        by.setdefault(c.rule, []).append(c)
+    assert [c.measured for c in by["missed"]] == pytest.approx(
+        [weak.harm.critical.missed_disease.ci[1], strong.harm.critical.missed_disease.ci[1]])
+    assert len(by["missed-lower"]) == 3                                      # targeted cells are read too
+    mel = [next(k for k in c.harm.classes if k.name == "melanoma") for c in (weak, strong, targeted)]
+    assert [c.measured for c in by["sens-mel"]] == pytest.approx(
+        [k.sensitivity_clean.value - k.sensitivity_adv.value for k in mel])
+    nv = next(k for k in strong.harm.classes if k.name == "melanocytic nevi")
+    (up,) = by["sens-nevi-upper"]
+    assert up.measured > nv.sensitivity_clean.value - nv.sensitivity_adv.value   # Newcombe's upper end
+    assert "melanocytic nevi sensitivity drop upper bound" in up.message
+    # a cell without a critical class (schema 1.2, or a task with none declared) is an error, never a pass
+    bare = json.loads(audit.read_text())
+    for c in bare["cells"]:
+        c.pop("harm", None)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(bare))
+    p = policy(tmp_path, "[[rule]]\nkind = 'max_missed_disease_rate'\nmax = 0.5\n")
+    assert run_cli(["gate", path, "--policy", p]) == 2
+    assert "none has the data it needs" in capsys.readouterr().err
+    p = policy(tmp_path, "[[rule]]\nkind = 'max_sensitivity_drop'\nclass = 'melanoma'\nmax = 0.9\n")
+    assert run_cli(["gate", audit, "--policy", p]) == 0
+
+
 def test_per_sample_rule_at_an_epsilon_the_cell_lacks_is_an_error():
     from robaudit.gating import evaluate, parse_policy
 
