@@ -120,6 +120,8 @@ def test_bad_arguments_are_one_line(grey):
     with pytest.raises(ra.BadInput, match="below chance") as e:
         ra.uap(model, _data(arrays, classes), source="train", **SETTINGS)
     assert "--force" in str(e.value)
+    forced = ra.uap(model, _data(arrays, classes), source="train", force=True, **SETTINGS)
+    assert forced.result.metrics.clean_accuracy < 0.5
     chk = ra.check(model, _data(arrays, classes))
     assert chk.below_chance and chk.data["mapping"] == {classes[0]: classes[0], classes[1]: classes[1]}
     # zeta needs training images; an unknown setting names the argument

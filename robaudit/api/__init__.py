@@ -110,7 +110,7 @@ class UAPRun:
 
 def uap(model: Model | str, data: Data | str | None = None, *, source: str | Path | torch.Tensor = "natural",
         out: str | Path | None = None, init: torch.Tensor | None = None, progress: bool = False,
-        **settings: Any) -> UAPRun:
+        force: bool = False, **settings: Any) -> UAPRun:
     """Build a universal perturbation from ``source`` and measure it on ``data``'s test split against
     same-norm random controls: the engine, defaults, selection, controls and statistics of ``robaudit uap``.
 
@@ -119,7 +119,8 @@ def uap(model: Model | str, data: Data | str | None = None, *, source: str | Pat
     (the data root's photos), ``"train"`` (the data's training split), a folder, or photos as a tensor
     (N, 3, H, W) in [0, 1]; ``settings``: any field of :class:`UAPConfig` (``norm``, ``zeta``/``eps``,
     ``method``, ``budget``, ``target``, ``seed``, ...). With ``out`` the run folder is written (and locked)
-    as the CLI writes it. Same model, data, settings and seed as a CLI run give the same v bit for bit."""
+    as the CLI writes it. Same model, data, settings and seed as a CLI run give the same v bit for bit.
+    ``force``: audit a model that :func:`check` finds below chance on the data (refused otherwise)."""
     from robaudit.eval.run import Given
 
     cfg = make_config(**settings)
@@ -137,13 +138,13 @@ def uap(model: Model | str, data: Data | str | None = None, *, source: str | Pat
     if isinstance(model, (str, Path)) and task is not None:
         model = load_model(model, device=cfg.device)
     if isinstance(model, Model):
-        spec = UAPSpec(**cfg.model_dump(), model=model.name, source=source_name, data=data_name)
+        spec = UAPSpec(**cfg.model_dump(), model=model.name, source=source_name, data=data_name, force=force)
         given = Given(model=model, task=task, photos=photos)
     elif isinstance(model, (str, Path)):
         path = Path(str(model))
-        by_path = path.is_file() or path.suffix in (".safetensors", ".pt", ".pth", ".bin")
+        by_path = path.is_file() or path.suffix in (".safetensors", ".pt", ".pth", ".bin", ".pt2", ".onnx")
         spec = UAPSpec(**cfg.model_dump(), model=None if by_path else str(model),
-                       checkpoint=str(model) if by_path else None, source=source_name, data=data_name)
+                       checkpoint=str(model) if by_path else None, source=source_name, data=data_name, force=force)
         given = Given(photos=photos)
     else:
         raise BadInput(f"model is a {type(model).__name__}", "pass ra.Model(net, classes=..., mean=..., std=..., "
@@ -164,21 +165,29 @@ def run_spec(spec: UAPSpec, *, out: str | Path | None = None, init: torch.Tensor
 def attack(model: Model, data: Data, *, attack: str = "pgd", eps: list[float] | None = None, norm: str | None = None,
            backend: str | None = None, steps: int | None = None, target: str | int | None = None,
            eval_limit: int = 256, split: str = "test", batch_size: int = 64, seed: int = 0,
-           random_start: bool = False, progress: bool = False) -> Result:
+           random_start: bool = False, progress: bool = False, force: bool = False) -> Result:
     """Per-sample evasion attacks (torchattacks, foolbox or ART) over ``eps``: robust accuracy and success
-    per epsilon, the worst case per image; the same call as ``robaudit attack``."""
+    per epsilon, the worst case per image; the same call as ``robaudit attack``. The data's labels are
+    mapped to the head by name and the model checked first (:func:`check`; below chance is refused unless
+    ``force``)."""
     from robaudit.attacks.backends import resolve
     from robaudit.attacks.persample import check_eps, check_steps, run_attack
+    from robaudit.core.console import warn
     from robaudit.data.images import to_channels
-    from robaudit.models.loading import check_classes
+    from robaudit.eval.check import check_model
+    from robaudit.models.loading import match_task
 
     spec, norm, backend = resolve(attack, norm, backend, targeted=target is not None)
     eps_list = check_eps(list(eps) if eps is not None else None, norm, spec)
     steps = check_steps(steps, spec)
-    task = data.task
-    check_classes(model.classes, task.label_names, task.full_name)
+    task = match_task(model, data.task)
     x, y = task.tensors(split, size=model.input_size, limit=eval_limit, seed=seed)
     x = to_channels(x, model.channels)
+    chk = check_model(model, task, split, x=x, y=y)
+    if chk.below_chance and not force:
+        raise chk.refusal()
+    for w in chk.warnings:
+        warn(f"model {model.name!r}: {w}")
     return run_attack(model.module, x, y, attack=spec.name, eps=eps_list, norm=norm, backend=backend, steps=steps,
                       target=model.resolve_target(target), random_start=random_start, class_names=model.classes,
                       batch_size=batch_size, seed=seed, model_info=model.info(),

@@ -50,6 +50,8 @@ def attack(
     batch_size: Annotated[int, typer.Option(help="Images per backend call.")] = 64,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Attack a model that is below chance on the data.")]
+    = False,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default reports/<run-id>/).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result JSON on stdout, nothing else.")]
     = False,
@@ -81,24 +83,21 @@ def attack(
 
     import json
 
-    from robaudit.attacks.persample import run_attack
+    from robaudit import api
     from robaudit.commands._options import model_ref
     from robaudit.commands._shared import default_out_dir, print_attack_summary, write_reports_best_effort
     from robaudit.core.console import print_json
     from robaudit.core.errors import RuntimeFailure
     from robaudit.core.files import atomic_write_text, keep_somewhere, os_error_text, preflight_dir, stamp
+    from robaudit.data import Data
     from robaudit.models import load_model_and_task
 
     lm, task = load_model_and_task(device=device, data=data, **model_ref(locals()).load_kwargs())
     out_dir = out or default_out_dir(lm.card.name, spec.name, backend)
     preflight_dir(out_dir)  # before the attack: an unwritable --out is bad input now, not lost work later
-    size = lm.card.input_size
-    target_idx = lm.resolve_target(target)
-    x, y = task.tensors(split, size=size, limit=n, seed=seed)
-    result = run_attack(lm.module, x, y, attack=spec.name, eps=eps_list, norm=norm, backend=backend, steps=steps,
-                        target=target_idx, random_start=random_start, class_names=lm.classes,
-                        batch_size=batch_size, seed=seed, model_info=lm.info(),
-                        data_info=task.data_info(split, len(x)), quiet=json_out)
+    result = api.attack(lm, Data._wrap(task), attack=spec.name, eps=eps_list, norm=norm, backend=backend,
+                        steps=steps, target=target, eval_limit=n, split=split, batch_size=batch_size, seed=seed,
+                        random_start=random_start, progress=not json_out, force=force)
     result.command = command_line() or None
     text = result.model_dump_json(indent=2)
     try:
