@@ -116,7 +116,7 @@ def test_every_format_predicts_the_same(trained):
             assert nf.parity is not None and nf.parity < 1e-4 and "parity" in nf.note
         else:
             assert nf.parity is None
-        assert F.input_channels(path, F.sniff(path), True) == 3
+        assert F.declared_input(path, F.sniff(path), True) == (3, SIZE if fmt in ("onnx", "torch.export") else None)
 
 
 def test_bare_arch_resolves_to_the_fitting_library(tmp_path):
@@ -314,7 +314,11 @@ def test_hostile_torch_export_archives(trained, tmp_path):
     _rewrite_zip(src, pickled, lambda n, b: buf.getvalue() if "sample_inputs" in n else b)
     with pytest.raises(UnsafeCheckpoint, match=r"holds 'data/sample_inputs/model.pt', which contains pickled code"):
         _load(pickled)
+    for read in (F.declared_input, F.input_channels):  # what the loader asks before load_net: the same guard
+        with pytest.raises(UnsafeCheckpoint, match="contains pickled code"):
+            read(pickled, "torch.export", False)
     assert not marker.exists()
+    assert F.declared_input(src, "torch.export", False) == (3, SIZE)
 
     def pickled_weight(name, data):
         if not name.endswith("_weights_config.json"):

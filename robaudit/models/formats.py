@@ -965,6 +965,25 @@ def channels_of_state(state: dict) -> int | None:
     return None
 
 
+def declared_input(path: Path, fmt: str, trust: bool) -> tuple[int | None, int | None]:
+    """(channels, square side) the model file itself declares, None where it does not: read with the same
+    guards as :func:`load_net` (a ``.pt2`` is vetted before ``torch.export.load``, which unpickles)."""
+    path = Path(path)
+    side = None
+    if fmt == "onnx":
+        side = onnx_input_size(path)
+    elif fmt == "torch.export":
+        if not trust:
+            _vet_export(path)
+        try:
+            shape = _export_input(torch.export.load(str(path)))
+        except Exception:  # noqa: BLE001 - load_net says why
+            shape = None
+        if shape and len(shape) == 4 and type(shape[2]) is int and shape[2] == shape[3]:
+            side = int(shape[2])
+    return input_channels(path, fmt, trust), side
+
+
 def input_channels(path: Path, fmt: str, trust: bool) -> int | None:
     """The channels the model in ``path`` takes, when the file says (None: it does not, or only after
     running code that ``trust`` does not allow)."""
