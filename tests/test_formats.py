@@ -87,9 +87,20 @@ def trained(tmp_path_factory):
     return {"net": net, "x": xt, "y": yt, "ref": ref, "paths": paths, "dir": d}
 
 
-def test_sniff_by_content(trained):
+def test_sniff_by_content(trained, tmp_path):
     for fmt, path in trained["paths"].items():
         assert F.sniff(path) == fmt
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert F.sniff(legacy) == "torch"
+    for n in range(1, 400):  # a safetensors header whose length starts with byte 0x80 is still safetensors
+        path = tmp_path / "st.safetensors"
+        save_file({"w" * n: torch.ones(1)}, str(path))
+        if path.read_bytes()[0] == 0x80:
+            assert F.sniff(path) == "safetensors"
+            break
+    else:
+        pytest.fail("no header length with a 0x80 first byte found")
 
 
 def test_every_format_predicts_the_same(trained):

@@ -97,10 +97,10 @@ def sniff(path: Path) -> str:
         head = f.read(8)
     if head[:4] == b"PK\x03\x04":
         return _sniff_zip(path)
-    if head[:1] == b"\x80":  # a legacy torch.save file is a pickle (protocol >= 2)
-        return "torch"
-    if _is_safetensors(path):
+    if _is_safetensors(path):  # first: its 8-byte header length may well start with 0x80
         return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # legacy torch.save: a pickle
+        return "torch"
     if _is_onnx(path):
         return "onnx"
     raise BadInput(f"model file {str(path)!r} is not a model file robaudit reads (safetensors, torch.save, "
