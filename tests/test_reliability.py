@@ -189,7 +189,7 @@ def test_home_that_is_a_file_is_bad_input(tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------- checkpoints, archs, cards
 def test_checkpoint_of_another_arch_is_bad_input(work, capsys):
     bad_input(["uap", "--checkpoint", work[0] / "lite0.safetensors", "--arch", "resnet18", "--data", "pneumonia",
-               *FAST, "--out", work[0] / "never"], capsys, "does not fit arch 'resnet18'")
+               *FAST, "--out", work[0] / "never"], capsys, "fits neither timm's 'resnet18'")
     assert not (work[0] / "never").exists()  # the --out it created for the run is removed again
 
 
@@ -202,7 +202,7 @@ def test_unknown_arch_with_a_checkpoint_is_bad_input(work, capsys):
     ("input_size", 1e9, "input_size"),
     ("input_size", -64, "input_size"),
     ("classes", [], "classes"),
-    ("std", [0.5, 0.0, 0.5], "std must be positive"),
+    ("std", [0.5, 0.0, 0.5], "is not a positive float32"),
     ("classes", ["a", "b", "c"], "2-class head"),  # the checkpoint's head vs the card
 ])
 def test_model_card_fields_are_bounded(work, tmp_path, field, value, fragment, capsys):

@@ -11,6 +11,7 @@ from robaudit.core.device import resolve_device
 from robaudit.core.errors import BadInput, unknown_name
 from robaudit.core.files import read_json, validate
 from robaudit.core.results import ModelInfo
+from robaudit.core.specs import ModelRef
 from robaudit.data import TaskData, load_task
 from robaudit.data.images import to_channels
 from robaudit.data.order import class_permutation, in_model_order
@@ -346,6 +347,9 @@ def _load_checkpoint(path: Path, arch: str | None, arch_kwargs: dict | None, dev
             values[k], source[k] = overrides[k], "flag"
         elif raw.get(k) is not None:
             values[k], source[k] = raw[k], "card"
+    where = f"model card {str(side)!r}" if side else f"model file {str(path)!r}"
+    fix = "fix the card, or pass --mean/--std/--input-size/--channels/--classes"
+    validate(ModelRef, {k: values[k] for k in values}, where=where, hint=fix)  # before any weights are read
     t = None
     if "classes" not in values:
         if not task:
@@ -356,7 +360,7 @@ def _load_checkpoint(path: Path, arch: str | None, arch_kwargs: dict | None, dev
     if not arch and (fmt == "safetensors" or (fmt == "torch" and not trust)):
         raise BadInput(f"model file {str(path)!r} holds weights only (a state_dict) and no architecture",
                        "pass --arch NAME (timm or torchvision:NAME) or --arch package.module:factory")
-    ch, side_px = _file_input(path, fmt, trust)
+    ch, side_px = formats.declared_input(path, fmt, trust)  # guarded as load_net is: no pickle runs
     if "channels" not in values:
         values["channels"], source["channels"] = (ch, "model file") if ch else (3, "default")
     if side_px and "input_size" not in values:
@@ -382,45 +386,12 @@ def _load_checkpoint(path: Path, arch: str | None, arch_kwargs: dict | None, dev
                  "arch_kwargs": arch_kwargs,
                  "task": (t.full_name if t else raw.get("task") or task), "format": nf.format,
                  "parity": nf.parity, "weights_sha256": nf.sha256}
-    where = f"model card {str(side)!r}" if side else f"model file {str(path)!r}"
-    card = validate(ModelCard, card_data, where=where,
-                    hint="fix the card, or pass --mean/--std/--input-size/--channels/--classes")
+    card = validate(ModelCard, card_data, where=where, hint=fix)
     card.provenance = source
     card.mean, card.std = _per_channel(card.mean, "mean", card.channels), _per_channel(card.std, "std", card.channels)
     model = Model.from_card(Normalized(nf.net, card.mean, card.std).to(dev).eval(), card, dev)
     model._check_outputs()
     return model
-
-
-def _file_input(path: Path, fmt: str, trust: bool) -> tuple[int | None, int | None]:
-    """(channels, square side) the model file itself declares, where it does: a state_dict's first
-    convolution, an ONNX graph's input shape, a torch.export program's example input; None where not."""
-    import torch
-
-    if fmt in ("safetensors", "torch"):
-        state = load_state(path, trust=trust)
-        first = next((t for t in state.values() if t.ndim == 4), None)
-        return (int(first.shape[1]) if first is not None and first.shape[1] in (1, 3) else None), None
-    shape = None
-    if fmt == "onnx":
-        try:
-            import onnx
-        except ImportError:
-            return None, None
-        graph = onnx.load(str(path), load_external_data=False).graph
-        inits = {i.name for i in graph.initializer}
-        inputs = [i for i in graph.input if i.name not in inits]
-        if inputs:
-            shape = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
-    elif fmt == "torch.export":
-        ep = torch.export.load(str(path))
-        user = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
-        val = user[0].meta.get("val") if user else None
-        shape = [int(d) if isinstance(d, int) else None for d in val.shape] if val is not None else None
-    if not shape or len(shape) != 4:
-        return None, None
-    ch = shape[1] if shape[1] in (1, 3) else None
-    return ch, (shape[2] if shape[2] and shape[2] == shape[3] else None)
 
 
 def _probe_images(task: str | None, values: dict, source: dict, arch: str | None):
