@@ -279,7 +279,11 @@ def real_audit(tmp_path_factory) -> Path:
     cells.append(uap_cell(zeta=0.02, source="dermamnist:train", seed=8)[0])
     cells += [uap_cell(zeta=0.02, target=t, seed=10 + t)[0] for t in (0, 4, 5)]
     cells.append(per_sample_cell())
-    audit = {"kind": "audit", "command": "robaudit audit skin_ridge --recipe quick",
+    audit = {"kind": "audit", "command": "robaudit audit skin_ridge --recipe quick", "seconds": 12.5,
+             "recipe": {"name": "quick", "models": ["skin_ridge"], "zetas": [0.005, 0.02, 0.04]},
+             "environment": {"python": "3.11", "numpy": np.__version__}, "counts": {"cells": 9, "done": 9},
+             "multiple_comparison": {"method": "holm", "family_size": 8, "comparison_p_values": [],
+                                     "comparison_families": []},
              "cells": [json.loads(c.model_dump_json()) for c in cells],
              "tables": {"fooling_by_zeta": [{"zeta": c.attack.zeta, "fooling_rate": c.metrics.fooling_rate.value}
                                             for c in cells[:4]]},
@@ -469,6 +473,9 @@ def test_html_audit_renders_what_exists(real_audit):
     assert "Per-sample attacks" in text and "fooling_by_zeta" in text
     assert "robaudit audit skin_ridge --recipe quick" in text
     assert rep.cells[rep.headline].attack.source == "dermamnist:train" and rep.severity == "critical"
+    # the document's structures (recipe, environment, p-value lists) stay in audit.json, never raw on the page
+    assert "{&#34;" not in text and "[{" not in text and "Audit</h3>" in text
+    assert "<td>quick</td>" in text and "holm over 8 tests" in text and "12 s" in text
     assert all(img.startswith(b"\x89PNG") for img in data_images(text))
 
 
