@@ -104,6 +104,10 @@ def test_sensitivity_before_equals_an_independent_forward_pass(run):
     assert pneu.sensitivity_clean.value == pytest.approx(recall_score(y.numpy(), pred, pos_label=1))
     assert pneu.specificity_clean.value == pytest.approx(recall_score(y.numpy(), pred, pos_label=0))
     assert pneu.sensitivity_adv.value < pneu.sensitivity_clean.value - 0.2 and pneu.sensitivity_p < 1e-6
+    # the `robaudit models check` figure: its confusion matrix (rows: label) gives the same recall
+    chk = ra.check(model, "pneumonia-mini")
+    row = chk.confusion[chk.classes.index("pneumonia")]
+    assert pneu.sensitivity_clean.value == pytest.approx(row[chk.classes.index("pneumonia")] / sum(row))
     scores = np.array([float(w["clean_score"]) for w in _csv(out)])
     assert scores == pytest.approx(prob.max(1).values.numpy(), abs=1e-5)
 
