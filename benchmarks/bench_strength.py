@@ -1,27 +1,33 @@
-"""Attacker strength on the number the verdict rests on: the fooling rate on the medical TEST split.
+"""Attacker strength and time to verdict, on the number the verdict rests on: the medical TEST fooling rate.
 
 For each shared task (a tf_efficientnet_lite0 fine-tuned on it) and each seed, on the same model,
 the same ImageNet photos and the same eps:
 
 * ART's ``UniversalPerturbation`` (attacker fgsm, step eps/10, on the plain photos), 1 and 3 passes:
-  the published algorithm; its best test rate is the bar;
-* robaudit's default ``robaudit uap`` (augmented photo stream, selection on the val split, its default
-  method), and ``--method fgsm`` / ``--method sgd`` with the other defaults;
-* robaudit 0.2's default (batched fgsm, 5 plain passes, no selection), to show what changed.
+  the published algorithm; its best test rate is the bar, its one-pass time the clock to beat;
+* robaudit's default ``robaudit uap`` (``best``: fgsm, sgd and perphoto raced, the stop rule), and
+  ``--method fgsm`` / ``sgd`` / ``perphoto`` with the other defaults;
+* optionally robaudit 0.4's default from another source tree (``--baseline-tree DIR``, run in a
+  subprocess on the same model and seed), for "no strength traded for speed".
 
-Reported per run: the test fooling rate, the build time, and for robaudit the time at which its
-build first reached ART's best test rate (the test rates of the build's checkpoints are measured
-after the build: they never steer it). Usage:
-``python benchmarks/bench_strength.py [--tasks pneumonia skin retina] [--seeds 0 1 2] [--json out.json]``
-(needs ROBAUDIT_DATA with the tasks and imagenet/; trains missing models into ROBAUDIT_HOME).
+Reported per run: the test fooling rate, the build time, the share of it spent on selection checks,
+and from the build's trajectory (test rates of the checked v's, measured after the build, never
+steering it) the time at which the v the build would have returned (the best so far on the
+selection split) first reached ART's best test rate, and that v's test rate at ART's one-pass time.
+Usage: ``python benchmarks/bench_strength.py [--tasks pneumonia skin retina] [--seeds 0 1 2]
+[--threads 1] [--baseline-tree DIR] [--json out.json]`` (needs ROBAUDIT_DATA with the tasks and
+imagenet/; trains missing models into ROBAUDIT_HOME).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,9 +48,8 @@ VARIANTS = {
     "default": {},
     "fgsm": {"method": "fgsm"},
     "sgd": {"method": "sgd"},
-    "fgsm plain+select": {"method": "fgsm", "augment": False, "max_iter": 5},
-    "sgd plain+select": {"method": "sgd", "augment": False, "max_iter": 5},
-    "best": {"method": "best"},
+    "perphoto": {"method": "perphoto"},
+    "fgsm full budget": {"method": "fgsm", "stop_delta": 0},
     "fgsm 0.2 (5 plain passes)": {"method": "fgsm", "augment": False, "select": "none", "max_iter": 5},
 }
 TRAIN = TrainConfig(epochs=3, image_size=64, train_limit=2000)
@@ -71,19 +76,72 @@ def test_rate(model, x, clean, v) -> float:
     return float((predict(model, x, v, batch_size=256) != clean).float().mean())
 
 
+def _summary(res) -> dict:
+    a = res.attack
+    sel = a.selection
+    traj = [(p.seconds, p.selection_rate, p.test_rate) for p in sel.trajectory] if sel else []
+    return {"test": res.metrics.fooling_rate.value, "seconds": a.seconds, "trajectory": traj,
+            "method": a.method, "budget": a.budget, "eps": a.eps,
+            "images": max((c.images_seen or 0 for c in a.candidates), default=None) if a.candidates else
+            (sel.trajectory[-1].images if sel and sel.trajectory else None),
+            "check_share": (sel.check_seconds / a.seconds) if sel and sel.check_seconds is not None else None,
+            "stop": getattr(sel, "stop_reason", None) if sel else None,
+            "chosen": next((f"{c.method}/{c.seed}" for c in a.candidates if c.chosen), a.method),
+            "candidates": [{"method": c.method, "selection_rate": c.selection_rate, "images": c.images_seen,
+                            "seconds": c.seconds, "dropped_at": getattr(c, "dropped_at", None)}
+                           for c in a.candidates]}
+
+
 def robaudit_run(name: str, seed: int, args, **over) -> dict:
     spec = make_spec(model=name, source="imagenet", source_limit=args.photos, norm=args.norm, zeta=args.zeta,
                      seed=seed, eval_limit=args.eval, controls=0, device="cpu", **over)
-    res = run_uap(spec, quiet=True).result
-    a = res.attack
-    traj = [(p.seconds, p.test_rate) for p in a.selection.trajectory] if a.selection else []
-    return {"test": res.metrics.fooling_rate.value, "seconds": a.seconds, "trajectory": traj,
-            "method": a.method, "budget": a.budget, "eps": a.eps,
-            "chosen": next((f"{c.method}/{c.seed}" for c in a.candidates if c.chosen), a.method)}
+    return _summary(run_uap(spec, quiet=True).result)
 
 
-def time_to(traj: list[tuple[float, float]], rate: float) -> float | None:
-    return next((s for s, t in traj if t is not None and t >= rate - 1e-12), None)
+BASELINE = """
+import json, sys, torch
+torch.set_num_threads(int(sys.argv[2]))
+from robaudit.core.specs import make_spec
+from robaudit.eval.run import run_uap
+r = run_uap(make_spec(**json.loads(sys.argv[1])), quiet=True).result
+a = r.attack
+print("RESULT " + json.dumps({"test": r.metrics.fooling_rate.value, "seconds": a.seconds, "method": a.method,
+      "chosen": next((f"{c.method}/{c.seed}" for c in a.candidates if c.chosen), a.method),
+      "candidates": [{"method": c.method, "selection_rate": c.selection_rate, "images": c.images_seen,
+                      "seconds": c.seconds} for c in a.candidates]}))
+"""
+
+
+def baseline_run(name: str, seed: int, args) -> dict:
+    """Another release's default on the same model and seed: its source tree first on the path, in a subprocess."""
+    spec = dict(model=name, source="imagenet", source_limit=args.photos, norm=args.norm, zeta=args.zeta, seed=seed,
+                eval_limit=args.eval, controls=0, device="cpu")
+    env = os.environ | {"PYTHONPATH": str(args.baseline_tree), "OMP_NUM_THREADS": str(args.threads)}
+    out = subprocess.run([sys.executable, "-c", BASELINE, json.dumps(spec), str(args.threads)], env=env,
+                         capture_output=True, text=True, check=True, cwd=args.baseline_tree).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]) | {"trajectory": []}
+
+
+def time_to(traj: list[tuple[float, float, float | None]], rate: float) -> float | None:
+    """Seconds at which the v the build would have returned then (best selection rate so far) reached ``rate``."""
+    best_sel, kept = -1.0, None
+    for sec, sel, test in traj:
+        if sel > best_sel:
+            best_sel, kept = sel, test
+        if kept is not None and kept >= rate - 1e-12:
+            return sec
+    return None
+
+
+def rate_at(traj: list[tuple[float, float, float | None]], seconds: float) -> float | None:
+    """Test rate of the v the build would have returned if stopped at ``seconds`` (None: no check yet)."""
+    best_sel, kept = -1.0, None
+    for sec, sel, test in traj:
+        if sec > seconds:
+            break
+        if sel > best_sel:
+            best_sel, kept = sel, test
+    return kept
 
 
 def run_task(task_name: str, args) -> list[dict]:
@@ -103,6 +161,10 @@ def run_task(task_name: str, args) -> list[dict]:
             results[k] = robaudit_run(name, seed, args, **v)
             print(f"  {task.full_name} seed {seed} {k}: {results[k]['test']:.3f} in {results[k]['seconds']:.1f} s",
                   flush=True)
+        if args.baseline_tree:
+            results["0.4 default"] = baseline_run(name, seed, args)
+            print(f"  {task.full_name} seed {seed} 0.4 default: {results['0.4 default']['test']:.3f} in "
+                  f"{results['0.4 default']['seconds']:.1f} s", flush=True)
         eps = next(iter(results.values()))["eps"]
         photos = load_source("imagenet", limit=args.photos, seed=seed, grayscale=task.is_grey).tensor(size)
         for passes in (1, 3):
@@ -114,34 +176,50 @@ def run_task(task_name: str, args) -> list[dict]:
         art_best = min((row[k] for k in ("art1", "art3") if row[k]["test"] >= bar - 1e-12), key=lambda r: r["seconds"])
         row["art_best"] = {"test": bar, "seconds": art_best["seconds"]}
         for k, r in results.items():
-            r["time_to_art_best"] = time_to(r.pop("trajectory"), bar)
+            r["time_to_art_best"] = time_to(r["trajectory"], bar)
+            r["test_at_art1_time"] = rate_at(r["trajectory"], row["art1"]["seconds"])
             row[k] = r
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
+def _fmt(x, spec=".3f", none="-") -> str:
+    return none if x is None else format(x, spec)
+
+
 def table(rows: list[dict]) -> str:
-    keys = ["art1", "art3"] + [k for k in VARIANTS if k in rows[0]]
-    out = ["| task | seed | " + " | ".join(keys) + " | default >= ART best? | fgsm / sgd speed-up to ART's best |",
+    keys = [k for k in [*VARIANTS, "0.4 default"] if k in rows[0]]
+    out = ["| task | seed | ART 1 pass | ART 3 passes | " + " | ".join(keys) + " |",
            "|---|---|" + "---|" * (len(keys) + 2)]
     for r in rows:
-        cells = [f"{r[k]['test']:.3f} ({r[k]['seconds']:.0f} s)" for k in keys]
-        ups = []
-        for k in ("default", "sgd"):
-            t = r.get(k, {}).get("time_to_art_best")
-            ups.append(f"{r['art_best']['seconds'] / t:.1f}x" if t else "never" if k in r else "-")
-        ok = "-" if "default" not in r else "yes" if r["default"]["test"] >= r["art_best"]["test"] else "no"
-        out.append(f"| {r['task']} | {r['seed']} | " + " | ".join(cells) + f" | {ok} | {' / '.join(ups)} |")
+        cells = [f"{r[k]['test']:.3f} ({r[k]['seconds']:.1f} s)" for k in ("art1", "art3", *keys)]
+        out.append(f"| {r['task']} | {r['seed']} | " + " | ".join(cells) + " |")
+    out += ["", "Time to ART's best test rate (speed-up = ART's time for its best / this) and the test rate at ART's "
+            "one-pass time:", "", "| task | seed | bar | " + " | ".join(k for k in keys if k != "0.4 default") + " |",
+            "|---|---|---|" + "---|" * len([k for k in keys if k != "0.4 default"])]
+    for r in rows:
+        cells = []
+        for k in keys:
+            if k == "0.4 default":
+                continue
+            t = r[k]["time_to_art_best"]
+            up = f"{r['art_best']['seconds'] / t:.1f}x" if t else "never"
+            cells.append(f"{_fmt(t, '.1f', 'never')} s ({up}); {_fmt(r[k]['test_at_art1_time'])}")
+        out.append(f"| {r['task']} | {r['seed']} | {r['art_best']['test']:.3f} ({r['art_best']['seconds']:.1f} s) | "
+                   + " | ".join(cells) + " |")
     by_task: dict[str, list[dict]] = {}
     for r in rows:
         by_task.setdefault(r["task"], []).append(r)
-    means = ["art_best"] + keys[2:]
-    out += ["", "| task | mean test rate: ART best of 1/3 passes | " + " | ".join(keys[2:]) + " |",
-            "|---|" + "---|" * len(means)]
+    out += ["", "| task | ART best (mean) | ART 1 pass s | " + " | ".join(keys)
+            + " | default s | default check share |",
+            "|---|---|---|" + "---|" * (len(keys) + 2)]
     for t, rs in by_task.items():
-        out.append(f"| {t} | " + " | ".join(f"{statistics.mean(r[k]['test'] for r in rs):.3f}" for k in means)
-                   + " |")
+        out.append(f"| {t} | {statistics.mean(r['art_best']['test'] for r in rs):.3f} | "
+                   f"{statistics.mean(r['art1']['seconds'] for r in rs):.1f} | "
+                   + " | ".join(f"{statistics.mean(r[k]['test'] for r in rs):.3f}" for k in keys)
+                   + f" | {statistics.mean(r['default']['seconds'] for r in rs):.1f} | "
+                   + f"{statistics.mean(r['default']['check_share'] for r in rs):.1%} |")
     return "\n".join(out)
 
 
@@ -153,16 +231,18 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=500)
     p.add_argument("--norm", default="linf")
     p.add_argument("--zeta", type=float, default=0.04)
-    p.add_argument("--variants", nargs="+", default=["default", "sgd", "best", "fgsm 0.2 (5 plain passes)"],
-                   choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["default", "fgsm", "sgd", "perphoto"], choices=list(VARIANTS))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--baseline-tree", type=Path, help="source tree of another release (its default is run too)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     rows = [r for t in args.tasks for r in run_task(t, args)]
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-                                         "torch_threads": torch.get_num_threads()}, indent=2))
+                                         "torch_threads": torch.get_num_threads(), "load": os.getloadavg()},
+                                        indent=1))
 
 
 if __name__ == "__main__":

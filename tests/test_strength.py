@@ -39,7 +39,7 @@ def test_kept_v_is_the_best_on_the_selection_split_not_the_last(finetuned, tmp_p
     """A long constant-step fgsm build over plain photos overfits them: its last v scores below an
     earlier one on the held-out val images, and the v written to uap.npy is that earlier, better one."""
     spec = make_spec(model=MODEL, norm="linf", method="fgsm", augment=False, source_limit=64, max_iter=8,
-                     batch_size=16, select_every=64, patience=None, step_size=0.01, **SMALL)
+                     batch_size=16, select_every=64, patience=None, stop_delta=0, step_size=0.01, **SMALL)
     r = run_uap(spec, out_dir=tmp_path, quiet=True).result
     sel = r.attack.selection
     assert sel.split == "val" and sel.n == 64 and len(sel.trajectory) >= 6
@@ -84,21 +84,44 @@ def test_augmented_stream_is_seeded_and_stops_at_the_budget(tmp_path):
     assert stream.skipped == 10 and n == 30
 
 
-def test_strongest_of_records_every_candidate_and_keeps_the_maximum(finetuned, tmp_path):
+def test_best_races_the_methods_and_records_every_rung(finetuned, tmp_path):
+    """``best`` races fgsm, sgd and perphoto by successive halving over one stream: the weakest on the
+    selection split is dropped at the first rung (64 views), the weaker of the two left at the second
+    (128), the last runs on; every candidate's rungs, and the stop rule in force, are in result.json."""
     code = main(["uap", "--model", MODEL, "--source", "imagenet", "--method", "best", "--norm", "linf",
-                 "--budget", "192", "--source-limit", "64", "--eval-limit", "64", "--select-limit", "64",
-                 "--controls", "1", "--device", "cpu", "--no-report", "--out", str(tmp_path), "--seed", "1"])
+                 "--budget", "384", "--select-every", "64", "--source-limit", "64", "--eval-limit", "64",
+                 "--select-limit", "64", "--controls", "1", "--device", "cpu", "--no-report", "--out", str(tmp_path),
+                 "--seed", "1", "--stop-delta", "0"])
     assert code == 0
     from robaudit.core.results import load_result
 
     a = load_result(tmp_path / "result.json").attack
-    ran = [c for c in a.candidates if c.skipped is None]
-    assert {c.method for c in a.candidates} == {"fgsm", "sgd", "deepfool"}
-    assert {"fgsm", "sgd"} <= {c.method for c in ran}
-    assert all(c.skipped.startswith("measured cost") for c in a.candidates if c.skipped)
-    chosen = [c for c in a.candidates if c.chosen]
-    assert len(chosen) == 1 and chosen[0].selection_rate == max(c.selection_rate for c in ran)
-    assert a.selection.best_rate == chosen[0].selection_rate and a.budget == 192
+    assert [c.method for c in a.candidates] == ["fgsm", "sgd", "perphoto"] and a.budget == 384
+    assert a.selection.race_rungs == [64, 128]
+    by_drop = sorted(a.candidates, key=lambda c: c.dropped_at or 10**9)
+    first, second, winner = by_drop
+    assert (first.dropped_at, second.dropped_at, winner.dropped_at) == (64, 128, None)
+    assert first.images_seen == 64 and second.images_seen == 128 and winner.images_seen == 384
+    assert [r.kept for r in first.rungs] == [False] and [r.kept for r in second.rungs] == [True, False]
+    assert [r.kept for r in winner.rungs] == [True, True] and winner.chosen and not first.chosen | second.chosen
+    assert first.rungs[0].selection_rate <= min(second.rungs[0].selection_rate, winner.rungs[0].selection_rate)
+    assert second.rungs[1].selection_rate <= winner.rungs[1].selection_rate
+    assert all(r.p_vs_leader is not None for c in (first, second) for r in c.rungs if not r.kept)
+    assert winner.selection_rate == a.selection.best_rate == max(c.selection_rate for c in a.candidates)
+    assert a.selection.stop_rule is None  # --stop-delta 0: the whole budget
+    assert a.selection.check_seconds > 0 and a.selection.build_seconds >= winner.seconds
+
+
+def test_stop_rule_ends_a_flat_build_early_and_says_why(finetuned):
+    """sgd on the X-rays is flat from its first checks (benchmarks/README.md): the default stop rule ends
+    the build well before the budget, and the result records the rule, the reason and each check's bound."""
+    spec = make_spec(model=MODEL, norm="linf", method="sgd", budget=2000, select_every=128, source_limit=64, **SMALL)
+    r = run_uap(spec, quiet=True).result
+    sel = r.attack.selection
+    assert sel.plateau and sel.stop_rule.window == spec.stop_window and sel.stop_rule.delta == spec.stop_delta
+    assert r.attack.candidates == [] and sel.trajectory[-1].images < 2000
+    assert "confidence" in sel.stop_reason and sel.trajectory[-1].upper_gain < spec.stop_delta
+    assert all(p.upper_gain is None for p in sel.trajectory[:spec.stop_window])
 
 
 def test_zero_knowledge_surrogate_never_calls_the_audited_model(finetuned, monkeypatch):

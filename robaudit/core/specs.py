@@ -110,13 +110,14 @@ class UAPConfig(BaseModel):
                                      "checks over the build, >= 256)")
     patience: int | None = Field(None, ge=1, description="also stop after N selection checks without gain (None: the "
                                  "stop rule alone)")
-    stop_delta: Fraction = Field(0.02, description="stop once the best v's gain over the last --stop-window checks "
+    stop_delta: Fraction = Field(0.01, description="stop once the best v's gain over the last --stop-window checks "
                                  "is below this (selection rate) at --stop-confidence; 0: run the whole budget")
-    stop_window: int = Field(3, ge=1, le=100, description="selection checks the stop rule's gain is measured over")
+    stop_window: int = Field(4, ge=1, le=100, description="selection checks the stop rule's gain is measured over")
     stop_confidence: float = Field(0.9, gt=0, lt=1, description="confidence of the stop rule's upper bound on the "
                                      "gain (exact, paired on the selection images)")
     race_rung: int | None = Field(None, ge=1, description="best: images each candidate gets before the first cut "
-                                  "(successive halving, rungs doubling); default an eighth of the budget, >= 128")
+                                  "(successive halving, rungs doubling); default about a quarter of the budget, in "
+                                  "whole check intervals")
     restarts: int = Field(1, ge=1, le=20, description="builds per method with seeds seed, seed+1, ...; best kept")
     surrogate: str | None = Field(None, description="zero-knowledge: build v on 'pretrained' (the public ImageNet "
                                   "model of the audited arch), a zoo name or a checkpoint; the audited model is "
