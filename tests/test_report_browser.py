@@ -117,7 +117,7 @@ def _keep(path: Path) -> None:
         shutil.copy(path, Path(dest) / path.name)
 
 
-PAGE_STATE = """JSON.stringify({
+PAGE_STATE = r"""JSON.stringify({
   images: Array.from(document.images).map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0,
                                                   w: i.naturalWidth, h: i.naturalHeight})),
   scripts: document.scripts.length,
@@ -127,8 +127,8 @@ PAGE_STATE = """JSON.stringify({
   wide_tables: Array.from(document.querySelectorAll('table')).filter(t =>
     t.getBoundingClientRect().right > document.body.getBoundingClientRect().right + 1
     || t.scrollWidth > t.clientWidth + 2)
-    .map(t => [(t.querySelector('th') || t).textContent.trim().slice(0, 30), Math.round(t.getBoundingClientRect().right),
-               Math.round(document.body.getBoundingClientRect().right)]),
+    .map(t => [(t.querySelector('th') || t).textContent.trim().slice(0, 30),
+               Math.round(t.getBoundingClientRect().right), Math.round(document.body.getBoundingClientRect().right)]),
   tallest_row: Math.max(...Array.from(document.querySelectorAll('tr')).map(r => r.getBoundingClientRect().height)),
   raw_json: /[{]\s*"/.test(document.body.innerText),
   ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
