@@ -24,7 +24,8 @@ from robaudit.core.errors import BadInput
 from robaudit.core.files import read_json, validate
 
 #: 1.1: attacker strength (threat model, budget, selection, candidates); 1.2: replicates;
-#: 1.3: model format and preprocessing provenance, harm by diagnosis
+#: 1.3: model format and preprocessing provenance, harm by diagnosis; threat models (query access, delivery:
+#: optional fields within 1.3)
 SCHEMA_VERSION = "1.3"
 SCHEMA_PATH = Path(__file__).parents[1] / "schema" / "result.schema.json"
 #: slack for float round-off when checking that an interval holds its value
@@ -89,6 +90,26 @@ class ClassBreakdown(_Model):
     fooling_rate: Fraction | None = None
 
 
+class Delivered(_Model):
+    """The perturbation as delivered (issue 26): added to the image at its stored size, saved as 8-bit (and
+    JPEG at ``jpeg_quality``), then the model's own preprocessing; clean images go through the same steps."""
+
+    delivery: str = Field(description="'stored' or 'jpeg=Q'")
+    stored_size: int = Field(description="side of the stored image v is added to, in pixels")
+    input_size: int
+    jpeg_quality: int | None = None
+    resize: str = Field("antialiased bilinear", description="the model's resize from stored to input size")
+    v_at_stored: str = Field(description="how v (built at the model input) was placed on the stored image")
+    fooling_rate: Rate = Field(description="prediction on delivered(x + v) differs from the one on delivered(x)")
+    targeted_success_rate: Fraction | None = None
+    clean_agreement: Fraction = Field(description="share of images whose delivered clean prediction equals the "
+                                      "prediction on the model-input image (what the pipeline alone changes)")
+    control_fooling_rate: Fraction | None = Field(default=None, description="mean over the control draws, "
+                                                  "delivered the same way")
+    p_vs_control: Fraction | None = Field(default=None, description="exact McNemar, delivered v vs the delivered "
+                                          "median control draw, same images")
+
+
 class Metrics(_Model):
     clean_accuracy: Fraction
     adv_accuracy: Fraction
@@ -97,6 +118,9 @@ class Metrics(_Model):
     per_class: list[ClassBreakdown] = Field(default_factory=list)
     confusion: list[list[Count]] | None = Field(
         default=None, description="rows: clean prediction, columns: adversarial prediction")
+    delivered: Delivered | None = Field(default=None, description="the same v as delivered through the stored "
+                                        "format and the model's preprocessing (``--delivery``); the rates above "
+                                        "are at the model input")
 
     @model_validator(mode="after")
     def _counts_agree(self) -> Metrics:
@@ -294,6 +318,19 @@ class Candidate(_Model):
     rungs: list[RungResult] = Field(default_factory=list, description="its result at every cut it reached")
 
 
+class ThreatInfo(_Model):
+    """A cell's threat model in the terms of NIST AI 100-2 (evasion; attacker knowledge, capability, goal)."""
+
+    attack_class: str = "evasion (universal perturbation)"
+    knowledge: str = Field(description="white-box (gradients of the audited model), gray-box (a surrogate: the "
+                           "public pretrained model), black-box query access (scores or labels)")
+    capability: str = Field(description="what the attacker holds and may do: natural photos or training images, "
+                            "photos drawn, queries")
+    goal: str = Field(description="availability/integrity: non-targeted misclassification, or targeted to a class")
+    delivery: str = Field(description="where the perturbation enters: the model input, or the stored image "
+                          "(8-bit, JPEG q) before the model's preprocessing")
+
+
 class AttackInfo(_Model):
     kind: Literal["uap", "per-sample"]
     method: str
@@ -320,7 +357,17 @@ class AttackInfo(_Model):
     uap_norm: float | None = Field(default=None, description="achieved Lp norm of the perturbation")
     source_fooling_rate: Fraction | None = None
     interrupted: bool = False
-    threat_model: Literal["white-box natural", "zero-knowledge surrogate", "training images", "other"] | None = None
+    threat_model: Literal["white-box natural", "zero-knowledge surrogate", "training images", "query-only (scores)",
+                          "query-only (labels)", "other"] | None = None
+    threat: ThreatInfo | None = Field(default=None, description="the threat model in NIST AI 100-2 terms")
+    access: Literal["white-box", "query"] | None = Field(default=None, description="what the attacker reached of "
+                                                          "the model built on")
+    query_output: Literal["scores", "labels"] | None = None
+    query_budget: Count | None = Field(default=None, description="images the query-only attacker may forward")
+    queries_used: Count | None = Field(default=None, description="images it forwarded (selection included)")
+    delivery: str | None = Field(default=None, description="'input' (the published convention), 'stored' or "
+                                 "'jpeg=Q'")
+    eot: bool | None = Field(default=None, description="v built through random draws of the delivery")
     surrogate: str | None = Field(default=None, description="the model the UAP was built on, when not the audited one")
     budget: int | None = Field(default=None, description="augmented source images drawn (None: plain passes)")
     selection: SelectionInfo | None = None

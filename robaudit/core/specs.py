@@ -124,6 +124,21 @@ class UAPConfig(BaseModel):
                                   "first used after v is fixed")
     weights_file: str | None = Field(None, description="ImageNet weights for surrogate 'pretrained' when the arch "
                                      "has none offline")
+    # threat models (issue 26): what the attacker reaches, and how v reaches the model (robaudit.eval.query, .delivery)
+    access: Literal["white-box", "query"] = Field("white-box", description="what the attacker has of the audited "
+                                                  "model: white-box (its gradients, or a surrogate's) or query (a "
+                                                  "forward-only oracle; v built by U-SimBA, no gradient taken)")
+    query_output: Literal["scores", "labels"] = Field("scores", description="query access: what the oracle "
+                                                      "returns, class scores (softmax) or the top label only")
+    query_budget: int | None = Field(None, ge=1, description="query access: images the attacker may forward "
+                                     "through the oracle, selection included (default: 100000 on CPU, 2000000 on "
+                                     "CUDA)")
+    delivery: str = Field("input", pattern=r"^(input|stored|jpeg=\d{1,3})$",
+                          description="where v is measured: input (added to the model input, the published "
+                          "convention), stored (added to the image at its stored size, saved as 8-bit, then the "
+                          "model's resize), or jpeg=Q (stored, then JPEG at quality Q); both rates reported")
+    eot: bool = Field(False, description="build v through random draws of the delivery (resize jitter, "
+                      "differentiable JPEG, 8-bit rounding with a straight-through gradient) so it survives them")
 
     @model_validator(mode="after")
     def _check_config(self) -> UAPConfig:
@@ -137,6 +152,15 @@ class UAPConfig(BaseModel):
             raise ValueError(f"eps must be > 0 (and <= 1 for linf) in [0,1] pixel units, got {self.eps}")
         if self.mode == "reference" and self.method != "fgsm":
             raise ValueError("mode reference exists for method fgsm only")
+        if self.delivery.startswith("jpeg=") and not 1 <= int(self.delivery[5:]) <= 100:
+            raise ValueError(f"delivery jpeg=Q needs a quality Q in 1..100, got {self.delivery!r}")
+        if self.access == "query" and (self.surrogate is not None or self.mode == "reference" or self.eot):
+            raise ValueError("query access builds v from the oracle's outputs alone: it takes no surrogate, "
+                             "reference mode or eot (which needs gradients)")
+        if self.access != "query" and (self.query_budget is not None or self.query_output != "scores"):
+            raise ValueError("query_budget and query_output are settings of access='query'")
+        if self.eot and self.delivery == "input":
+            raise ValueError("eot builds v to survive a delivery; give delivery='stored' or 'jpeg=Q'")
         if self.surrogate is not None and self.target is not None:
             raise ValueError("a zero-knowledge surrogate has no medical classes to target; drop target or "
                              "surrogate")
@@ -221,6 +245,12 @@ class ModelRef(BaseModel):
 
 #: ModelRef fields added after 0.4: hashed only when set, so unchanged specs keep their cache keys
 _NEW_KEYS = ("arch_kwargs", "mean", "std", "input_size", "channels", "classes", "critical_class")
+#: threat-model settings (issue 26) and their defaults: hashed only when not default, so unchanged specs keep
+#: their cache keys
+_THREAT_KEYS = {"access": "white-box", "query_output": "scores", "query_budget": None, "delivery": "input",
+                "eot": False}
+#: images a query-only attacker may forward by default (U-SimBA's rounds; benchmarks/README.md "Threat models")
+DEFAULT_QUERY_BUDGET = {"cpu": 100_000, "cuda": 2_000_000}
 
 
 class UAPSpec(ModelRef, UAPConfig):
@@ -262,6 +292,7 @@ class UAPSpec(ModelRef, UAPConfig):
         dump = self.model_dump()
         keyed = {k: dump[k] for k in _KEY_ORDER if k not in skip}
         keyed.update({k: dump[k] for k in _NEW_KEYS if dump[k] is not None})
+        keyed.update({k: dump[k] for k, d in _THREAT_KEYS.items() if dump[k] != d})
         payload = to_json(keyed).decode()
         return hashlib.sha256(f"{ENGINE_REVISION}:{payload}".encode()).hexdigest()[:20]
 
@@ -287,6 +318,12 @@ class UAPSpec(ModelRef, UAPConfig):
         if not self.streamed:
             return None
         return self.budget or DEFAULT_BUDGET["cuda" if device_type == "cuda" else "cpu"]
+
+    def resolved_query_budget(self, device_type: str) -> int | None:
+        """Queries a query-only attacker may make: ``query_budget``, else the device's default; None otherwise."""
+        if self.access != "query":
+            return None
+        return self.query_budget or DEFAULT_QUERY_BUDGET["cuda" if device_type == "cuda" else "cpu"]
 
     def select_every_for(self, images: int) -> int:
         """Images between selection checks: ``select_every``, else about 16 checks over the build (>= 256)."""

@@ -52,6 +52,7 @@ from robaudit.eval.artifacts import (
     write_run,
 )
 from robaudit.eval.check import ModelCheck, check_model
+from robaudit.eval.delivery import build_eot, measure_delivery
 from robaudit.eval.metrics import (
     PerImage,
     compare_to_control,
@@ -61,6 +62,7 @@ from robaudit.eval.metrics import (
     per_image,
     uap_metrics,
 )
+from robaudit.eval.query import build_query, threat_notes, threat_update
 from robaudit.eval.sources import in_channels, tensor_source, uap_source
 from robaudit.models import LoadedModel, load_model, load_model_and_task
 from robaudit.models.factory import imagenet_classifier
@@ -115,6 +117,8 @@ class Prepared:
     test_rates: list[float] | None = None
     race: dict | None = None  # set by build: rung points, seconds scoring v, the build's seconds
     checked: ModelCheck | None = None  # the pre-audit check on the evaluated images
+    held_out: torch.Tensor | None = None  # query access: photos the attacker chooses v on, through the oracle
+    query: dict | None = None  # query access: budget, queries used (eval/query.py)
 
     @property
     def size(self) -> int:
@@ -159,7 +163,8 @@ def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, ini
 def _run_uap(spec: UAPSpec, out_dir: Path | None, quiet: bool, init, given: Given) -> RunOutput:
     prep = prepare(spec, out_dir, init, given)
     t0 = time.time()
-    outcome = build(prep, quiet)
+    outcome = build_query(prep, quiet) if spec.access == "query" else build_eot(prep, quiet) if spec.eot \
+        else build(prep, quiet)  # threat models: eval/query.py, eval/delivery.py
     seconds = time.time() - t0
     v = outcome.v.detach().cpu().float()
     if not torch.isfinite(v).all():
@@ -210,7 +215,8 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
     if given.photos is not None:
         src = tensor_source(given.photos, size)
     else:
-        src = uap_source(spec, task, size, budget, hold_out=surrogate is not None and spec.select != "none")
+        src = uap_source(spec, task, size, budget, hold_out=(surrogate is not None or (
+                         spec.access == "query" and spec.select_every is not None)) and spec.select != "none")
     if src.n == 0:
         raise BadInput(f"source {spec.source!r} has no images")
     images = in_channels(src.images, ch)
@@ -226,7 +232,9 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
                        f"{size})")
     prep = Prepared(spec, lm, task, target, eps, ref_norm, x_eval, y_eval, source, src.n, src.description, init,
                     group, budget=budget, builder=builder, surrogate=surrogate, checked=checked)
-    if surrogate is not None and src.held_out is not None:
+    if spec.access == "query":  # the attacker chooses v on what it sees: photos, through the oracle (eval/query)
+        prep.held_out = src.held_out
+    elif surrogate is not None and src.held_out is not None:
         prep.select_split, prep.select_n = "held-out photos", len(src.held_out)
         prep.select_score = _scorer(builder, src.held_out, None, spec.clip, lm.device)
     elif spec.select != "none":
@@ -409,6 +417,7 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
         clean = predict(lm.module, prep.x_eval, None, clip=spec.clip, batch_size=256, device=lm.device)
     adv = predict(lm.module, prep.x_eval, v, clip=spec.clip, batch_size=256, device=lm.device)
     metrics = uap_metrics(clean, adv, prep.y_eval, lm.classes, target=prep.target)
+    delivered = spec.delivery != "input"  # v as it reaches the model through the stored format (eval/delivery)
     achieved = float(lp_norm(v, spec.norm).item())
     control = comparison = None
     if spec.controls > 0:
@@ -420,6 +429,9 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
                                             clip=spec.clip, batch_size=256, device=lm.device, kind=spec.control_kind)
         comparison = compare_to_control(success_vector(clean.numpy(), adv.numpy(), prep.target), outcomes)
     median = noises[comparison.detail["control_draw"]] if comparison is not None else None
+    if delivered:
+        metrics.delivered = measure_delivery(prep, v, noises if spec.controls > 0 else None,
+                                             comparison.detail["control_draw"] if comparison is not None else None)
     records = per_image(lm.module, prep.x_eval, v, median, clip=spec.clip, device=lm.device)
     sel = prep.outcome.selection if prep.outcome is not None else None
     if sel is not None:  # each checked v on the reported split: the trajectory's test rates
@@ -444,6 +456,7 @@ def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> 
         source_fooling_rate=outcome.source_fooling_rate, threat_model=_threat_model(prep),
         surrogate=prep.surrogate, budget=prep.budget, selection=_selection_info(prep, outcome),
         candidates=prep.candidates if spec.method == "best" or spec.restarts > 1 else [])
+    attack = attack.model_copy(update=threat_update(prep))  # access, queries, delivery, NIST terms (eval/query)
     notes = [f"source: {prep.source_desc}",
              "fooling rate: prediction on x+v differs from the prediction on x (not the label), over all images",
              f"x+v {'clipped to [0,1]' if spec.clip else 'not clipped (as published)'}"]
@@ -454,6 +467,7 @@ def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> 
     if prep.surrogate is not None:
         notes.append(f"zero-knowledge: v was built on {prep.surrogate} from photos only; the audited model and "
                      "its images were first used after v was fixed")
+    notes += threat_notes(prep)
     notes.append(_preprocessing_note(prep))
     if spec.amp:
         notes.append("UAP built under bfloat16 autocast (--amp); every metric measured in float32")
@@ -484,6 +498,8 @@ def _preprocessing_note(prep: Prepared) -> str:
 
 
 def _threat_model(prep: Prepared) -> str:
+    if prep.spec.access == "query":
+        return f"query-only ({prep.spec.query_output})"
     if prep.surrogate is not None:
         return "zero-knowledge surrogate"
     return "training images" if prep.spec.source == "train" else "white-box natural"
