@@ -85,37 +85,42 @@ def test_augmented_stream_is_seeded_and_stops_at_the_budget(tmp_path):
 
 
 def test_best_races_the_methods_and_records_every_rung(finetuned, tmp_path):
-    """``best`` races fgsm, sgd and perphoto by successive halving over one stream: the weakest on the
-    selection split is dropped at the first rung (64 views), the weaker of the two left at the second
-    (128), the last runs on; every candidate's rungs, and the stop rule in force, are in result.json."""
+    """``best`` races fgsm, sgd and perphoto by successive halving over one stream (cuts at 64 and 128
+    views): a candidate is dropped only where the selection images separate it from the leader, and then
+    it has seen only the views up to that cut; every candidate's rungs are in result.json."""
     code = main(["uap", "--model", MODEL, "--source", "imagenet", "--method", "best", "--norm", "linf",
                  "--budget", "384", "--select-every", "64", "--source-limit", "64", "--eval-limit", "64",
                  "--select-limit", "64", "--controls", "1", "--device", "cpu", "--no-report", "--out", str(tmp_path),
-                 "--seed", "1", "--stop-delta", "0"])
+                 "--seed", "1", "--stop-delta", "0", "--race-rung", "64"])
     assert code == 0
     from robaudit.core.results import load_result
 
     a = load_result(tmp_path / "result.json").attack
     assert [c.method for c in a.candidates] == ["fgsm", "sgd", "perphoto"] and a.budget == 384
     assert a.selection.race_rungs == [64, 128]
-    by_drop = sorted(a.candidates, key=lambda c: c.dropped_at or 10**9)
-    first, second, winner = by_drop
-    assert (first.dropped_at, second.dropped_at, winner.dropped_at) == (64, 128, None)
-    assert first.images_seen == 64 and second.images_seen == 128 and winner.images_seen == 384
-    assert [r.kept for r in first.rungs] == [False] and [r.kept for r in second.rungs] == [True, False]
-    assert [r.kept for r in winner.rungs] == [True, True] and winner.chosen and not first.chosen | second.chosen
-    assert first.rungs[0].selection_rate <= min(second.rungs[0].selection_rate, winner.rungs[0].selection_rate)
-    assert second.rungs[1].selection_rate <= winner.rungs[1].selection_rate
-    assert all(r.p_vs_leader is not None for c in (first, second) for r in c.rungs if not r.kept)
-    assert winner.selection_rate == a.selection.best_rate == max(c.selection_rate for c in a.candidates)
+    [winner] = [c for c in a.candidates if c.chosen]
+    assert winner.dropped_at is None and winner.images_seen == 384 and all(r.kept for r in winner.rungs)
+    for c in a.candidates:
+        assert c.rungs and c.rungs[0].images == 64
+        for r in c.rungs:
+            if not r.kept:  # dropped: separated from the leader, and it stopped right there
+                assert r.p_vs_leader < 0.05 and c.dropped_at == r.images == c.images_seen
+                assert r.selection_rate < winner.rungs[len(c.rungs) - 1].selection_rate
+        if c.dropped_at is None:
+            assert c.images_seen == 384 and len(c.rungs) == 2
+    assert winner.selection_rate == a.selection.best_rate == max(c.selection_rate for c in a.candidates
+                                                                 if c.dropped_at is None)
     assert a.selection.stop_rule is None  # --stop-delta 0: the whole budget
     assert a.selection.check_seconds > 0 and a.selection.build_seconds >= winner.seconds
 
 
 def test_stop_rule_ends_a_flat_build_early_and_says_why(finetuned):
-    """sgd on the X-rays is flat from its first checks (benchmarks/README.md): the default stop rule ends
-    the build well before the budget, and the result records the rule, the reason and each check's bound."""
-    spec = make_spec(model=MODEL, norm="linf", method="sgd", budget=2000, select_every=128, source_limit=64, **SMALL)
+    """sgd on the X-rays is flat from its first checks (benchmarks/README.md): the stop rule ends the build
+    well before the budget, and the result records the rule, the reason and each check's bound. (On 64
+    selection images one image is 0.016, above the default delta 0.01: a one-image gain keeps a build going,
+    so this test, sized for CI, uses delta 0.02 and window 3.)"""
+    spec = make_spec(model=MODEL, norm="linf", method="sgd", budget=2000, select_every=128, source_limit=64,
+                     stop_delta=0.02, stop_window=3, **SMALL)
     r = run_uap(spec, quiet=True).result
     sel = r.attack.selection
     assert sel.plateau and sel.stop_rule.window == spec.stop_window and sel.stop_rule.delta == spec.stop_delta

@@ -389,6 +389,6 @@ def test_race_drops_the_loser_and_records_rungs(model, data_root):
     [lost], [won] = stalled.rungs, fgsm.rungs
     assert (lost.images, lost.kept, won.images, won.kept) == (32, False, 32, True)
     assert won.selection_rate > lost.selection_rate == 0.0 and won.p_vs_leader is None
-    assert 0 < lost.p_vs_leader < 1
+    assert 0 < lost.p_vs_leader < 0.05  # separated: dropped
     out = fgsm.builder.outcome()
     assert out.selection.best_rate >= won.selection_rate and out.images_seen == 96

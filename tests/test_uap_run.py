@@ -128,7 +128,7 @@ def test_interrupt_keeps_partial_and_resumes(finetuned, tmp_path, capsys, monkey
 @pytest.mark.parametrize("extra, fragment", [
     (["--target", "9"], "outside the model's classes"),
     (["--target", "pneumonai"], "did you mean 'pneumonia'"),
-    (["--data", "skin"], "has 2 classes but task 'skin' has 7"),
+    (["--data", "skin"], "has 2 classes (normal, pneumonia) but data 'skin' has 7"),
     (["--source", "EMPTY"], "contains no images"),
     (["--source", "TEXT"], "no decodable images"),
 ])
