@@ -34,6 +34,8 @@ EvalLimit = _as_in_spec("eval_limit")
 SourceLimit = _as_in_spec("source_limit")
 MaxIter = _as_in_spec("max_iter")
 BatchSize = _as_in_spec("batch_size")
+QueryBudget = _as_in_spec("query_budget")
+Delivery = _as_in_spec("delivery")
 
 
 class _Strict(BaseModel):
@@ -130,6 +132,14 @@ class AuditRecipe(_Strict):
     surrogates: list[str] = Field(default_factory=list, description="zero-knowledge cells: for every model and "
                                   "photo source, a non-targeted UAP built on each surrogate ('pretrained' = the public "
                                   "ImageNet model of the model's arch, or a zoo name / checkpoint)")
+    access: list[Literal["white-box", "query"]] = Field(default_factory=lambda: ["white-box"], min_length=1,
+                                                        description="attacker access per cell: white-box, and/or "
+                                                        "query (a query-only U-SimBA cell per model, source, norm, "
+                                                        "zeta, seed and target; no method axis)")
+    query_output: Literal["scores", "labels"] = "scores"
+    query_budget: QueryBudget = None
+    delivery: Delivery = "input"
+    eot: bool = Field(False, description="white-box cells build v through the delivery (needs delivery != input)")
     harden: bool = Field(False, description="add hardened twins (robaudit harden) of the zoo models, set apart from "
                          "this audit's photos, selection images and seeds; the document gains a mitigation section")
 
@@ -190,15 +200,17 @@ class AuditRecipe(_Strict):
                 targets = list(self.targets)
             if self.targets != "none" and self.targeted_also_untargeted:
                 targets = [None] + targets
-            for target in targets:  # validated as the CLI validates a run: one BadInput line, never a traceback
+            # a query-only cell has no method axis (U-SimBA): one per cell of the first method
+            accesses = [a for a in self.access if a == "white-box" or method == self.methods[0]]
+            for target, access in itertools.product(targets, accesses):  # validated as the CLI validates a run
                 specs.append(validate(UAPSpec, dict(
                     **(ckpt.spec_fields() if ckpt else {"model": name}), split=self.split,
                     eval_limit=self.eval_limit, source=source, source_limit=self.source_limit, norm=norm, zeta=zeta,
-                    method=method, mode=self.mode if method == "fgsm" else "batched",
+                    method=method, mode=self.mode if method == "fgsm" and access == "white-box" else "batched",
                     target=None if target is None else str(target), max_iter=self.max_iter,
                     batch_size=self.batch_size, controls=self.controls, clip=self.clip, seed=seed,
-                    device=self.device, **self._attacker()),
-                    where=f"recipe {self.name!r}, cell {name} {source} {norm} z={zeta:g}"))
+                    device=self.device, **self._attacker(), **self._threat(access)),
+                    where=f"recipe {self.name!r}, cell {name} {source} {norm} z={zeta:g} {access}"))
             if source != "train":  # zero-knowledge cells: the same attack built on each surrogate, never targeted
                 for surrogate in self.surrogates:
                     specs.append(validate(UAPSpec, dict(
@@ -206,9 +218,17 @@ class AuditRecipe(_Strict):
                         eval_limit=self.eval_limit, source=source, source_limit=self.source_limit, norm=norm,
                         zeta=zeta, method=method, mode=self.mode if method == "fgsm" else "batched",
                         max_iter=self.max_iter, batch_size=self.batch_size, controls=self.controls, clip=self.clip,
-                        seed=seed, device=self.device, **self._attacker(), surrogate=surrogate),
+                        seed=seed, device=self.device, **self._attacker(), **self._threat("white-box"),
+                        surrogate=surrogate),
                         where=f"recipe {self.name!r}, surrogate cell {name} {source} {surrogate}"))
         return specs
+
+    def _threat(self, access: str) -> dict:
+        """A cell's threat-model settings: its access (query settings only for query cells) and delivery."""
+        query = access == "query"
+        return dict(access=access, query_output=self.query_output if query else "scores",
+                    query_budget=self.query_budget if query else None, delivery=self.delivery,
+                    eot=self.eot and not query)
 
     def _attacker(self) -> dict:
         """The attacker settings every cell shares (photo budget, selection, restarts)."""
