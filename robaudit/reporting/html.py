@@ -112,7 +112,9 @@ def _selection_text(a) -> str | None:
     text = (f"best of checks every {s.every} images on {s.n} {s.split} images: {s.best_rate:.1%} at {s.best_at} "
             f"images" + (f" (last v {s.final_rate:.1%})" if s.final_rate is not None else ""))
     if s.plateau:
-        text += f"; stopped after {s.patience} checks without gain"
+        why = getattr(s, "stop_reason", None)
+        text += f"; stopped early ({why})" if why else (f"; stopped after {s.patience} checks without gain"
+                                                           if s.patience else "; stopped early by the stop rule")
     if a.candidates:
         runs = [f"{c.method}/seed {c.seed}: " + (f"skipped ({c.skipped})" if c.skipped else
                                                  f"{c.selection_rate:.1%}" if c.selection_rate is not None else "-")
