@@ -181,58 +181,17 @@ def check_classes(model_classes: list[str], data_classes: list[str], data_name: 
     class_permutation(model_classes, data_classes, data_name)
 
 
-def check_arch(arch: str) -> str:
-    """``arch`` if timm knows it, else BadInput with close names (timm itself raises a bare RuntimeError)."""
-    if not timm.is_model(arch):
-        raise unknown_name("architecture", arch, timm.list_models(), "pass a timm architecture name")
-    return arch
-
-
 def build_module(card: ModelCard, state: dict, device):
     """A stored model's net from its card, loaded with ``state``, wrapped with its normalisation, in eval mode.
 
-    The checks come before ``load_state_dict`` (which raises a many-line RuntimeError on a shape mismatch
-    even with ``strict=False``): the class count of the head, then every key and shape against the
-    architecture. A torchvision, timm: or own-factory arch, or a grey stem, is built by
-    :func:`robaudit.models.formats.build_for_state` (the user-file loader's builder)."""
-    if ":" in card.arch or card.channels != 3:
-        from robaudit.models.formats import build_for_state
+    Built by :func:`robaudit.models.formats.build_for_state`, the user-file loader's builder, so a store
+    model and a checkpoint get the same checks before ``load_state_dict``: the head's class count, then every
+    key and shape against the architecture (a bare card arch is timm's: robaudit trains timm models)."""
+    from robaudit.models.formats import build_for_state
 
-        net, _, _ = build_for_state(card.arch, card.arch_kwargs, state, len(card.classes), card.channels)
-        return Normalized(net, card.mean, card.std).to(device).eval()
-    check_arch(card.arch)
-    net = timm.create_model(card.arch, pretrained=False, num_classes=len(card.classes))
-    head = _head_classes(state)
-    if head is not None and head != len(card.classes):
-        raise BadInput(f"checkpoint has a {head}-class head but {card.name!r} expects {len(card.classes)} classes "
-                       f"({', '.join(card.classes[:4])}{', ...' if len(card.classes) > 4 else ''})",
-                       "pass the --data task the model was trained on, or the matching checkpoint")
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        parts = [f"{len(x)} {what}" for x, what in ((missing, "missing"), (unexpected, "unexpected"),
-                                                     (shapes, "wrongly shaped")) if x]
-        if shapes:
-            k = shapes[0]
-            eg = f"{k}: checkpoint {tuple(state[k].shape)}, {card.arch} {tuple(own[k].shape)}"
-        else:
-            eg = (missing or unexpected)[0]
-        raise BadInput(f"checkpoint does not fit arch {card.arch!r}: {', '.join(parts)} tensors (e.g. {eg})",
-                       "pass the --arch the checkpoint was trained with (or fix the card's arch)")
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # dtype or other incompatibilities the key/shape check does not see
-        raise BadInput(f"checkpoint does not fit arch {card.arch!r}: {str(exc).splitlines()[0]}",
-                       "pass the --arch the checkpoint was trained with") from None
+    arch = card.arch if ":" in card.arch else f"timm:{card.arch}"
+    net, _, _ = build_for_state(arch, card.arch_kwargs, state, len(card.classes), card.channels)
     return Normalized(net, card.mean, card.std).to(device).eval()
-
-
-def _head_classes(state: dict) -> int | None:
-    """Output size of the last 2-D weight whose name looks like a classifier head."""
-    heads = [k for k, v in state.items() if v.ndim == 2 and any(h in k for h in ("classifier", "fc", "head"))]
-    return int(state[heads[-1]].shape[0]) if heads else None
 
 
 #: what robaudit assumes when nothing says otherwise: ImageNet statistics and timm's 224 px
