@@ -35,3 +35,22 @@ def train_greynet(x: torch.Tensor, y: torch.Tensor, epochs: int = 6, seed: int =
             nn.functional.cross_entropy(net(xn[idx]), y[idx]).backward()
             opt.step()
     return net.eval()
+
+
+def xray_cnn(size: int = 32):
+    """The README's small CNN, three epochs on the 800 embedded training X-rays (mean 0.5, std 0.25, a few
+    seconds): (net, classes). Shared by the harm and threat-model tests."""
+    import robaudit as ra
+
+    xray = ra.load_data("pneumonia-mini")
+    x_tr, y_tr = xray.tensors("train", size=size)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(3):
+        for i in torch.randperm(len(x_tr)).split(32):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net((x_tr[i] - 0.5) / 0.25), y_tr[i]).backward()
+            opt.step()
+    return net, xray.classes

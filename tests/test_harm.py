@@ -11,7 +11,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from greynet import xray_cnn
 
 import robaudit as ra
 from robaudit.core.errors import BadInput
@@ -24,18 +24,8 @@ SIZE = 32
 @functools.lru_cache(maxsize=1)
 def _model() -> ra.Model:
     """The README's small CNN, three epochs on the 800 embedded training X-rays at 32 px (a few seconds)."""
-    xray = ra.load_data("pneumonia-mini")
-    x_tr, y_tr = xray.tensors("train", size=SIZE)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(3):
-        for i in torch.randperm(len(x_tr)).split(32):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net((x_tr[i] - 0.5) / 0.25), y_tr[i]).backward()
-            opt.step()
-    return ra.Model(net, classes=xray.classes, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=SIZE, name="xray-cnn")
+    net, classes = xray_cnn(SIZE)
+    return ra.Model(net, classes=classes, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=SIZE, name="xray-cnn")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import functools
 
 import pytest
 import torch
+from greynet import xray_cnn
 from torch import nn
 
 import robaudit as ra
@@ -26,19 +27,9 @@ SIZE = 32
 @functools.lru_cache(maxsize=1)
 def _model() -> ra.Model:
     """The README's small CNN, three epochs on the 800 embedded training X-rays at 32 px (a few seconds)."""
-    xray = ra.load_data("pneumonia-mini")
-    x_tr, y_tr = xray.tensors("train", size=SIZE)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(3):
-        for i in torch.randperm(len(x_tr)).split(32):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net((x_tr[i] - 0.5) / 0.25), y_tr[i]).backward()
-            opt.step()
+    net, classes = xray_cnn(SIZE)
     net.zero_grad(set_to_none=True)  # so that a gradient written later would show
-    return ra.Model(Watched(net), classes=xray.classes, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=SIZE,
+    return ra.Model(Watched(net), classes=classes, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=SIZE,
                     name="xray-cnn")
 
 
