@@ -23,6 +23,7 @@ from robaudit.core.errors import BadInput
 from robaudit.data import load_task
 from robaudit.data.embedded import NAME as EMBEDDED
 from robaudit.grading import load_input
+from robaudit.models.store import model_dir
 from robaudit.reporting import write_reports
 
 ARCH = "tf_efficientnet_lite0"
@@ -60,12 +61,15 @@ def choose_data(data: str | None = None) -> DataChoice:
     return DataChoice(task.full_name, target, source, f"{task.full_name} from the data root {root}", source_why)
 
 
-def demo_recipe(choice: DataChoice, small: bool = False) -> AuditRecipe:
+def demo_recipe(choice: DataChoice, small: bool = False, train_seed: int = 0,
+                overrides: dict | None = None) -> AuditRecipe:
     """ImageNet vs random init x (natural photos, zero-knowledge surrogate, training images) x (non-)targeted.
 
     Sized on pneumonia-mini's validation split with fixed seeds to finish in under 5 minutes on 2 CPU
-    cores, training included (``small``: the CI smoke setting)."""
-    return AuditRecipe(
+    cores, training included (``small``: the CI smoke setting). ``train_seed`` seeds the training runs (the
+    stability benchmark retrains over seeds); ``overrides``: recipe fields (``train.FIELD`` for training) to
+    probe other settings (benchmarks/bench_demo.py)."""
+    recipe = AuditRecipe(
         name="demo", description="robaudit demo: natural-image and training-image UAPs vs random noise, "
         "white-box and zero-knowledge, ImageNet init vs random init",
         tasks=[choice.task.replace(":", "-")], archs=[ARCH], transfers=["full", "scratch"],
@@ -76,18 +80,47 @@ def demo_recipe(choice: DataChoice, small: bool = False) -> AuditRecipe:
         batch_size=32, clip=True, seed=0, device="auto",
         # a random init starts from logits far off (loss ~5 in its first epoch): give the twin more epochs
         train=TrainSettings(epochs=1 if small else 3, scratch_epochs=2 if small else 8, image_size=64,
-                            train_limit=300 if small else None))
+                            train_limit=300 if small else None, seed=train_seed))
+    if overrides:
+        train = {k.removeprefix("train."): v for k, v in overrides.items() if k.startswith("train.")}
+        top = {k: v for k, v in overrides.items() if not k.startswith("train.")}
+        recipe = AuditRecipe.model_validate({**recipe.model_dump(), **top,
+                                             "train": {**recipe.train.model_dump(), **train}})
+    return recipe
+
+
+def stale_models(recipe: AuditRecipe) -> list[str]:
+    """Stored models of the recipe trained with other settings than the recipe's (an older demo's): the demo
+    retrains them, since its figures are stated for its own settings."""
+    from robaudit.models.store import is_trained, model_dir, read_card
+    from robaudit.models.zoo import parse_zoo_name
+
+    stale = []
+    for name in recipe.model_names():
+        if not is_trained(name):
+            continue
+        want = recipe.train.config(scratch=parse_zoo_name(name).transfer == "scratch").model_dump()
+        have = read_card(model_dir(name) / "card.json").train
+        if want["lr"] is None:
+            want.pop("lr")
+        if any(have.get(k) != v for k, v in want.items()):
+            stale.append(name)
+    return stale
 
 
 def run_demo(out: Path = Path("reports/demo"), small: bool = False, device: str | None = None,
-             quiet: bool = False, data: str | None = None) -> tuple[dict, DataChoice, dict]:
+             quiet: bool = False, data: str | None = None, train_seed: int = 0,
+             overrides: dict | None = None) -> tuple[dict, DataChoice, dict]:
     """Run the demo audit into ``out``; returns (audit document, data choice, report paths)."""
     choice = choose_data(data)
     info(f"[bold]medical data:[/] {choice.why}")
     info(f"[bold]natural source:[/] {choice.source_why}")
-    recipe = demo_recipe(choice, small)
+    recipe = demo_recipe(choice, small, train_seed, overrides)
     if device:
         recipe = recipe.model_copy(update={"device": device})
+    for name in stale_models(recipe):
+        info(f"stored {name} was trained with other settings than this demo's: retraining it")
+        shutil.rmtree(model_dir(name))
     if (out / "cells").exists():
         shutil.rmtree(out / "cells")  # cells are recomputed; trained models are reused from the store
     notes = [f"medical data: {choice.why}", f"natural source: {choice.source_why}"]

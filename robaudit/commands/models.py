@@ -52,6 +52,7 @@ def list_(
         r["replicate"] = c.replicate if c else None  # NAME@R rows sit beside NAME (replicate 0)
         r["test_accuracy"] = c.metrics.get("test_accuracy") if c else None
         r["input_size"] = c.input_size if c else None
+        r["trained_under"] = (c.trained_under or None) if c else None
     if json_out:
         print_json({"store": str(store), "models": rows})
         return
@@ -64,11 +65,29 @@ def list_(
                       "[green]yes[/]" if r["trained"] else "no", str(r["input_size"] or ""),
                       f"{r['test_accuracy']:.3f}" if r["test_accuracy"] is not None else "")
     err.print(table)
+    _warn_conditions(trained)
+
+
+def _warn_conditions(cards: dict) -> None:
+    """One line per stored model trained under other conditions than this machine's (threads, CPU ISA, versions):
+    retraining it here from the same seed gives other weights."""
+    from robaudit.core.console import warn
+    from robaudit.core.device import resolve_device
+    from robaudit.core.provenance import condition_changes, training_conditions
+
+    now = training_conditions(resolve_device("auto"))
+    for name, card in sorted(cards.items()):
+        diffs = condition_changes(card.trained_under, now) if card.trained_under else []
+        if diffs:
+            warn(f"{name}: trained under other conditions ({'; '.join(diffs)}); a retrain here gives other weights")
 
 
 def train(
     model: Annotated[str, typer.Argument(help="Zoo name, e.g. skin_resnet50, skin_resnet50_random, _linear, _top2.")],
-    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs (with --patience: the most it may take).")] = 3,
+    patience: Annotated[Optional[int], typer.Option(
+        min=1, help="Early stopping: end after N epochs without a val-accuracy gain (the best val epoch is kept "
+        "either way).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     lr: Annotated[Optional[float], typer.Option(help="Default 1e-3 (fine-tune), 3e-3 (scratch), 1e-2 (linear).")]
     = None,
@@ -118,7 +137,8 @@ def train(
     augment = deprecated(augment_old, "--augment", "--train-augment", augment, default=True)
     cfg = validate(TrainConfig, dict(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                                      optimizer=optimizer, seed=seed, augment=augment, balanced=balanced,
-                                     train_limit=train_limit, weights_file=weights_file), flag=True)
+                                     train_limit=train_limit, weights_file=weights_file, patience=patience),
+                   flag=True)
     if like is not None:
         card = _train_like(model, like, init, data, cfg, device, resume, json_out, locals())
     else:

@@ -33,6 +33,27 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def training_conditions(device) -> dict[str, object]:
+    """What decides trained weights bit for bit besides the seed and the data: library versions, the number of
+    torch threads (reduction order in the CPU kernels), the CPU instruction set torch dispatches to, the device.
+    The same seed under other conditions trains other weights (measured: another CPU, 69% vs 77% accuracy)."""
+
+    dev = getattr(device, "type", str(device))
+    out: dict[str, object] = {"torch": torch.__version__, "timm": timm.__version__, "torch_threads":
+                              torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                              "device": dev}
+    if dev == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def condition_changes(recorded: dict, current: dict) -> list[str]:
+    """The training conditions that differ between a stored model's card and now, as ``key: then -> now``
+    (nothing when the card predates the record)."""
+
+    return [f"{k} {recorded[k]} -> {current.get(k)}" for k in recorded if str(recorded[k]) != str(current.get(k))]
+
+
 def environment(device) -> dict:
     """Where a result was computed: versions, platform, device (and GPU name), torch threads."""
 

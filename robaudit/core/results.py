@@ -237,6 +237,11 @@ class ModelInfo(_Model):
                                                  "file, default)")
     onnx_parity: float | None = Field(default=None, description="ONNX: max abs logit difference of the converted "
                                       "module vs onnxruntime on real inputs")
+    trained_under: dict[str, Any] | None = Field(default=None, description="what decided the stored weights besides "
+                                                 "seed and data: torch, timm, torch threads, CPU ISA, device")
+    conditions_changed: list[str] | None = Field(default=None, description="training conditions that differ "
+                                                 "between the stored weights and the process that audited them "
+                                                 "('torch_threads 1 -> 2'): a retrain here gives other weights")
 
 
 class DataInfo(_Model):

@@ -95,13 +95,15 @@ def descend(loss, opt, sched, where: str) -> None:
 
 def fit(model, net, x, y, plan: FitPlan, ckpt: Checkpoint, *, loss_fn: LossFn, on_epoch: Callable[[int, dict], dict],
         augment: Callable, label: str, activity: str, resuming: str, resume: bool = True, quiet: bool = False,
-        should_stop: Callable[[], bool] | None = None, stop_after: int | None = None) -> Fitted:
+        should_stop: Callable[[], bool] | None = None, stop_after: int | None = None,
+        stop_early: Callable[[list[dict]], bool] | None = None) -> Fitted:
     """Fit ``net`` (inside ``model``) on ``x``, ``y`` (CPU tensors); returns the history.
 
     Per step: ``augment(x[batch], gen)`` to the device, ``loss_fn``, one descent step. Per epoch:
     ``on_epoch(epoch, totals)`` gives the history row (``totals``: ``n``, summed ``loss * n`` and the
     hook's counts), then the checkpoint. ``stop_after`` / ``should_stop``: raise KeyboardInterrupt after
-    that many checkpointed epochs / after a step where it says so, as Ctrl-C would.
+    that many checkpointed epochs / after a step where it says so, as Ctrl-C would. ``stop_early(history)``:
+    end the fit after a checkpointed epoch where it says so (early stopping; the hooks keep the best epoch).
     """
     dev = next(net.parameters()).device
     params = [p for p in net.parameters() if p.requires_grad]
@@ -159,6 +161,8 @@ def fit(model, net, x, y, plan: FitPlan, ckpt: Checkpoint, *, loss_fn: LossFn, o
                        {"fingerprint": ckpt.fingerprint, "epoch": epoch, **extra_meta, "history": history})
             if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < plan.epochs:
                 raise KeyboardInterrupt
+            if stop_early is not None and stop_early(history):
+                break
     return Fitted(history=history, memory_format=memory_format, start_epoch=start)
 
 

@@ -10,6 +10,7 @@ from robaudit.core.console import info, warn
 from robaudit.core.device import resolve_device
 from robaudit.core.errors import BadInput, unknown_name
 from robaudit.core.files import read_json, validate
+from robaudit.core.provenance import condition_changes, training_conditions
 from robaudit.core.results import ModelInfo
 from robaudit.core.specs import ModelRef
 from robaudit.data import TaskData, load_task
@@ -115,7 +116,15 @@ class Model:
                          sha256=self.card.weights_sha256, replicate=self.card.replicate,
                          channels=self.channels, mean=list(self.mean), std=list(self.std),
                          format=self.card.format or "robaudit store", preprocessing=self.preprocessing(),
-                         onnx_parity=self.card.parity)
+                         onnx_parity=self.card.parity, trained_under=self.card.trained_under or None,
+                         conditions_changed=self.conditions_changed())
+
+    def conditions_changed(self) -> list[str] | None:
+        """Training conditions (threads, CPU ISA, versions, device) of the stored weights that differ from this
+        process's: a retrain here would give other weights. None when the card does not record them."""
+        if not self.card.trained_under:
+            return None
+        return condition_changes(self.card.trained_under, training_conditions(self.device))
 
     def preprocessing(self) -> dict:
         """What robaudit applies between [0, 1] images and the network, and where each value came from."""

@@ -51,6 +51,9 @@ class ModelCard(BaseModel):
     data_sha256: dict[str, str] = Field(default_factory=dict)
     weights_sha256: str | None = None
     versions: dict[str, str] = Field(default_factory=dict)
+    #: what decides the weights besides seed and data (torch, timm, threads, CPU ISA, device): a retrain under
+    #: other conditions gives other weights; ``models list`` and the report say when they differ from now
+    trained_under: dict[str, Any] = Field(default_factory=dict)
     created: str | None = None
     #: how the weights were read ("torch state_dict", "onnx", ...; None: robaudit's own store)
     format: str | None = None

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from robaudit.core.bounds import Float32, PositiveFloat32
 from robaudit.core.device import resolve_device
 from robaudit.core.errors import BadInput
-from robaudit.core.provenance import now_iso, versions
+from robaudit.core.provenance import now_iso, training_conditions, versions
 from robaudit.data import load_task
 from robaudit.models.factory import create_backbone
 from robaudit.models.fit import Checkpoint, FitPlan, clear_checkpoint, fit, train_mode
@@ -52,9 +52,14 @@ class TrainConfig(BaseModel):
     balanced: bool = False
     train_limit: int | None = Field(None, ge=1)
     weights_file: str | None = None
+    patience: int | None = Field(None, ge=1, description="early stopping: end training after this many epochs "
+                                 "without a val-accuracy gain (the best val epoch is kept either way); `epochs` is "
+                                 "then the most it may take")
 
     def fingerprint(self, name: str) -> str:
-        return hashlib.sha256((name + self.model_dump_json()).encode()).hexdigest()[:16]
+        # patience unset hashes as before it existed: a 0.5 run's epoch checkpoint still resumes
+        dump = self.model_dump_json(exclude={"patience"} if self.patience is None else None)
+        return hashlib.sha256((name + dump).encode()).hexdigest()[:16]
 
 
 def replicate_seed(seed: int, replicate: int) -> int:
@@ -221,9 +226,12 @@ def _fit_and_store(net, card: ModelCard, task, cfg: TrainConfig, dev, run_seed: 
     plan = FitPlan(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=lr, weight_decay=cfg.weight_decay,
                    seed=run_seed, optimizer=cfg.optimizer, balanced=cfg.balanced, num_classes=task.num_classes)
     t0 = time.time()
+    def plateaued(history: list[dict]) -> bool:
+        return cfg.patience is not None and history[-1]["epoch"] - (best["epoch"] + 1) >= cfg.patience
+
     fitted = fit(model, net, x_tr, y_tr, plan, ckpt, loss_fn=loss_fn, on_epoch=on_epoch,
                  augment=lambda x, gen: augment(x, cfg, gen), label=f"train {name}", activity="training",
-                 resuming=name, resume=resume, quiet=quiet)
+                 resuming=name, resume=resume, quiet=quiet, stop_early=plateaued)
     history = fitted.history
 
     net.load_state_dict(best_state)
@@ -237,14 +245,14 @@ def _fit_and_store(net, card: ModelCard, task, cfg: TrainConfig, dev, run_seed: 
     majority = float(np.bincount(y_te.numpy()).max() / len(y_te))
     card = card.model_copy(update=dict(
         metrics={"train_accuracy": train_acc, "val_accuracy": val_acc, "test_accuracy": test_acc,
-                 "test_majority_rate": majority, "best_epoch": best["epoch"] + 1,
+                 "test_majority_rate": majority, "best_epoch": best["epoch"] + 1, "epochs_run": len(history),
                  "seconds": time.time() - t0},
         train=cfg.model_dump() | {"lr": lr, "device": str(dev), "n_train": len(x_tr), "replicate": card.replicate,
                                   "run_seed": run_seed,
                                   "memory_format": fitted.memory_format,
                                   "trainable_params": sum(p.numel() for p in params), "history": history},
         data_sha256={s: task.sha256(s) for s in task.splits}, versions=versions(),
-        created=now_iso()))
+        trained_under=training_conditions(dev), created=now_iso()))
     save_model(net, card)
     clear_checkpoint(ckpt)
     return card

@@ -163,9 +163,14 @@ def fact_limitations(report: Report) -> list[str]:
     replicated = any(c.pooled is not None for c in report.cells)
     if not replicated:
         models = sorted({c.model.name for c in cells})
-        out.append(f"One training run per model ({', '.join(models[:4])}{' ...' if len(models) > 4 else ''}): the "
-                   "numbers describe these weights, not the training recipe; train replicates (--replicate) to "
-                   "separate the two.")
+        out.append(f"The verdict rests on one training run per model ({', '.join(models[:4])}"
+                   f"{' ...' if len(models) > 4 else ''}): the numbers describe these weights, not the training "
+                   "recipe; train replicates (--replicate) to separate the two.")
+    changed = {c.model.name: c.model.conditions_changed for c in cells if c.model.conditions_changed}
+    for name, diffs in changed.items():
+        out.append(f"{name} was trained under other conditions than this audit ran in ({'; '.join(diffs)}): the "
+                   "same seed retrained here gives other weights, so these figures describe the stored weights and "
+                   "a retrain may not reproduce them.")
     budgets = sorted({c.attack.budget for c in cells if c.attack.budget})
     if budgets:
         out.append(f"Attacker budget: {', '.join(f'{b:,}' for b in budgets)} photo views, "

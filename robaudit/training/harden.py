@@ -38,7 +38,7 @@ from robaudit.attacks.uap.state import UAPSettings, UAPState
 from robaudit.core.bounds import Float32, PositiveFloat32
 from robaudit.core.device import resolve_device
 from robaudit.core.errors import BadInput, Interrupted
-from robaudit.core.provenance import now_iso, versions
+from robaudit.core.provenance import now_iso, training_conditions, versions
 from robaudit.core.specs import Norm
 from robaudit.data import load_source
 from robaudit.models import load_model_and_task
@@ -232,7 +232,8 @@ def harden_model(name: str | None = None, config: HardenConfig | None = None, *,
         "val_held_for_audit_selection": (task.count("val") - len(x_va)) if "val" in task.splits else 0,
         "photos": photo_record, "history": history, "device": str(dev), "created": now_iso()}
     card = card0.model_copy(deep=True, update={"name": out_name, "metrics": metrics, "created": now_iso(),
-                                               "versions": versions()})
+                                               "versions": versions(),
+                                               "trained_under": training_conditions(dev)})
     card.harden = record  # ModelCard allows extra fields: how this model was made
     save_model(net, card)
     clear_checkpoint(ckpt)
