@@ -46,7 +46,7 @@ def worker(seed: int, threads: int, sets: dict, out: Path) -> dict:
     doc, choice, _ = run_demo(out, quiet=True, train_seed=seed, overrides=sets)
     wall = time.perf_counter() - t0
     models = {}
-    for name in dict.fromkeys(c["model"] for c in doc["cells"]):
+    for name in dict.fromkeys(c["model"]["name"] for c in doc["cells"]):
         card = read_card(model_dir(name) / "card.json")
         models[name] = {k: card.metrics.get(k) for k in ("test_accuracy", "val_accuracy", "best_epoch", "epochs_run",
                                                           "seconds")}

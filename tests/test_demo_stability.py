@@ -88,3 +88,54 @@ def test_an_older_demos_models_are_retrained(home):
     train_model(NAME, recipe.train.config(), device="cpu", quiet=True, resume=False)
     assert stale_models(recipe) == []
     assert stale_models(demo_recipe(choose_data(), small=True, train_seed=1)) == [NAME]
+
+
+@pytest.mark.slow
+def test_the_demos_finetune_tells_the_same_story_with_one_and_two_threads(tmp_path, monkeypatch):
+    """The must-show of a stable front door: the demo's own fine-tune, retrained from an empty store with 1 and
+    with 2 torch threads (another reduction order in the kernels: other weights from the same seed on many
+    CPUs), lands within a few points of clean accuracy, and the demo's own photo cell (white-box, non-targeted)
+    beats same-norm noise on both."""
+    from robaudit.demo import choose_data, demo_recipe
+    from robaudit.eval.run import run_uap
+
+    recipe = demo_recipe(choose_data())
+    [spec] = [s for s in recipe.cells(lambda _: ["normal", "pneumonia"]) if s.model == NAME and s.source == "natural"
+              and s.target is None and s.surrogate is None and s.access == "white-box"]
+    n = torch.get_num_threads()
+    seen = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            monkeypatch.setenv("ROBAUDIT_HOME", str(tmp_path / f"home{threads}"))
+            card = train_model(NAME, recipe.train.config(), device="cpu", quiet=True)
+            r = run_uap(spec.model_copy(update={"device": "cpu"}), quiet=True).result
+            seen[threads] = (card.trained_under["torch_threads"], card.metrics["test_accuracy"],
+                             r.metrics.fooling_rate, r.metrics.control.rate, r.comparison.p_value)
+    finally:
+        torch.set_num_threads(n)
+    (t1, acc1, *_), (t2, acc2, *_) = seen[1], seen[2]
+    assert (t1, t2) == (1, 2)
+    assert abs(acc1 - acc2) <= 0.05, seen
+    for _, _, rate, control, p in seen.values():
+        assert rate.ci[0] > control.ci[1] and p < 1e-3, seen  # the photo UAP beats noise on either draw
+
+
+def test_recipe_skip_leaves_cells_out_of_the_cross_product(tmp_path, capsys):
+    from robaudit.auditing.recipes import AuditRecipe, load_recipe
+
+    base = dict(name="r", tasks=["pneumonia-mini"], archs=["tf_efficientnet_lite0"], sources=["natural", "train"],
+                targets=["normal"])
+    full = AuditRecipe(**base).cells(lambda _: ["normal", "pneumonia"])
+    assert len(full) == 2 * 2 * 2  # (full, scratch) x (natural, train) x (none, normal)
+    cut = AuditRecipe(**base, skip=[{"transfer": "scratch", "target": "normal"}, {"source": "train",
+                                                                                 "target": "none"}])
+    kept = [(s.model.endswith("_random"), s.source, s.target) for s in cut.cells(lambda _: ["normal", "pneumonia"])]
+    assert kept == [(False, "natural", None), (False, "natural", "normal"), (False, "train", "normal"),
+                    (True, "natural", None)]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "r"\ntasks = ["pneumonia-mini"]\narchs = ["tf_efficientnet_lite0"]\n'
+                   'skip = [{ model = "x" }]\n')
+    with pytest.raises(ra.BadInput) as e:
+        load_recipe(bad)
+    assert "skip" in str(e.value)

@@ -17,7 +17,7 @@ from robaudit.core.errors import BadInput, unknown_name
 from robaudit.core.files import read_toml, validate
 from robaudit.core.specs import ModelRef, UAPSpec
 from robaudit.models.train import TrainConfig
-from robaudit.models.zoo import REPLICATE_SEP, model_name, replicate_name
+from robaudit.models.zoo import REPLICATE_SEP, model_name, parse_zoo_name, replicate_name
 
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "attacks"
 
@@ -89,6 +89,9 @@ class PerSampleSpec(_Strict):
     n: int = Field(200, ge=1)
 
 
+SkipKey = Literal["transfer", "source", "target", "norm", "zeta", "method", "access", "surrogate"]
+
+
 class AuditRecipe(_Strict):
     name: str
     description: str = ""
@@ -140,6 +143,10 @@ class AuditRecipe(_Strict):
     query_budget: QueryBudget = None
     delivery: Delivery = "input"
     eot: bool = Field(False, description="white-box cells build v through the delivery (needs delivery != input)")
+    skip: list[dict[SkipKey, str | float | None]] = Field(
+        default_factory=list, description="cells left out of the cross product: each entry names fields (transfer, "
+        "source, target, norm, zeta, method, access, surrogate); a cell matching every field of an entry is not run "
+        "(target 'none' matches the non-targeted cells)")
     harden: bool = Field(False, description="add hardened twins (robaudit harden) of the zoo models, set apart from "
                          "this audit's photos, selection images and seeds; the document gains a mitigation section")
 
@@ -221,7 +228,18 @@ class AuditRecipe(_Strict):
                         seed=seed, device=self.device, **self._attacker(), **self._threat("white-box"),
                         surrogate=surrogate),
                         where=f"recipe {self.name!r}, surrogate cell {name} {source} {surrogate}"))
-        return specs
+        return [s for s in specs if not self.skipped(s)]
+
+    def skipped(self, spec: UAPSpec) -> bool:
+        """Whether ``skip`` leaves ``spec`` out (a zoo model's transfer read from its name)."""
+        if not self.skip:
+            return False
+        transfer = None
+        if spec.model and spec.checkpoint is None:
+            transfer = parse_zoo_name(spec.model, check_arch=False).transfer
+        fields = {"transfer": transfer, "source": spec.source, "target": spec.target or "none", "norm": spec.norm,
+                  "zeta": spec.zeta, "method": spec.method, "access": spec.access, "surrogate": spec.surrogate}
+        return any(all(str(fields[k]) == str(v) for k, v in rule.items()) for rule in self.skip)
 
     def _threat(self, access: str) -> dict:
         """A cell's threat-model settings: its access (query settings only for query cells) and delivery."""
