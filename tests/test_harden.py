@@ -33,16 +33,25 @@ def hardened(trained, tmp_path_factory):
     return card, doc, out
 
 
-def test_photo_and_training_image_uaps_fall_significantly_within_accuracy_tolerance(hardened):
+def test_the_hardened_threat_falls_and_the_verdict_says_what_rose(hardened):
+    """Hardening (default: a training-image inner UAP) cuts the training-image UAP's rate significantly within
+    the accuracy tolerance. Whether it also cuts the photo UAP depends on the training draw: on an earlier CPU's
+    session model it did (-0.2); on an AMD EPYC's it rose from 47.0% to 71.2% (p = 4e-20). Either way the row is
+    a paired test and the verdict says which way a significant change went (nothing silent)."""
     card, doc, out = hardened
     pair = doc["mitigation"]["pairs"][0]
     row = next(r for r in pair["cells"] if r["threat"] == "train")
     # the baseline is a real vulnerability: beyond random noise of the same norm on the original model
     assert row["baseline_beats_noise"], row
     assert row["before"]["n"] == row["after"]["n"] == 624  # the same test images, all of them
-    assert row["reduction"] > 0 and row["p_adjusted"] < 0.05, row  # paired exact McNemar, Holm
+    assert row["reduction"] > 0 and row["p_adjusted"] < 0.05 and row["significant"], row  # exact McNemar, Holm
     photos = next(r for r in pair["cells"] if r["threat"] == "photos")
-    assert photos["baseline_beats_noise"] and photos["reduction"] > 0.1 and photos["p_adjusted"] < 0.05, photos
+    assert photos["baseline_beats_noise"] and 0 <= photos["p_adjusted"] <= 1, photos
+    assert photos["reduction"] == pytest.approx(photos["before"]["value"] - photos["after"]["value"])
+    assert photos["significant"] == (photos["p_adjusted"] < 0.05 and photos["reduction"] > 0)
+    assert photos["rose"] == (photos["p_adjusted"] < 0.05 and photos["reduction"] < 0)
+    assert pair["verdict"].startswith("mitigated" if photos["significant"] else "partly mitigated")
+    assert ("made the photos UAP worse" in pair["verdict"]) == photos["rose"], pair["verdict"]
     acc = pair["accuracy"]
     assert acc["balanced_drop"] <= 0.03, acc
     assert not acc["collapsed"]

@@ -145,6 +145,7 @@ def apply_family(section: dict, adjusted: list[float], tables: dict | None = Non
             if "p_value" in r:
                 r["p_adjusted"] = next(it)
                 r["significant"] = r["p_adjusted"] < ALPHA and r["reduction"] > 0
+                r["rose"] = r["p_adjusted"] < ALPHA and r["reduction"] < 0  # hardening made this threat worse
         if pair.get("accuracy"):
             pair.update(_pair_summary(pair["cells"], pair["accuracy"]))
     if tables is not None:
@@ -192,6 +193,10 @@ def _pair_summary(rows: list[dict], acc: dict) -> dict:
         verdict = f"partly mitigated: {len(significant)} of {len(ok)} UAP cells fell significantly"
     else:
         verdict = "not mitigated: no UAP cell fell significantly"
+    rose = [r for r in ok if r.get("rose")]
+    if rose and not acc["collapsed"]:
+        verdict += "; it made " + ", ".join(
+            f"the {r['threat']} UAP worse ({r['before']['value']:.1%} -> {r['after']['value']:.1%})" for r in rose)
     first = ok[0] if ok else {}
     return {"original": first.get("original"), "hardened": first.get("hardened"), "cells": rows,
             "accuracy": acc, "verdict": verdict, "significant_reductions": len(significant), "cells_compared": len(ok)}
