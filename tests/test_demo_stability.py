@@ -111,7 +111,7 @@ def test_the_demos_finetune_tells_the_same_story_with_one_and_two_threads(tmp_pa
             card = train_model(NAME, recipe.train.config(), device="cpu", quiet=True)
             r = run_uap(spec.model_copy(update={"device": "cpu"}), quiet=True).result
             seen[threads] = (card.trained_under["torch_threads"], card.metrics["test_accuracy"],
-                             r.metrics.fooling_rate, r.metrics.control.rate, r.comparison.p_value)
+                             r.metrics.fooling_rate, r.control.fooling_rate, r.comparison.p_value)
     finally:
         torch.set_num_threads(n)
     (t1, acc1, *_), (t2, acc2, *_) = seen[1], seen[2]

@@ -47,7 +47,7 @@ unset ROBAUDIT_DATA WORLD_SIZE RANK LOCAL_RANK MASTER_ADDR MASTER_PORT
 # per-step caps (seconds): a hung step (an NCCL or Ray wait) costs its cap, not the whole run
 if [ "$SMOKE" = 1 ]; then
     PROFILE=smoke MARK="device and not cuda"
-    CAP_tests=150 CAP_train=60 CAP_speed=90 CAP_throughput=60 CAP_stream=60 CAP_paper=120
+    CAP_tests=300 CAP_train=60 CAP_speed=90 CAP_throughput=60 CAP_stream=60 CAP_paper=120
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a shared 2-core box: threads would fight
 else
     PROFILE=gpu MARK="cuda"
