@@ -77,7 +77,7 @@ def _warn_conditions(cards: dict) -> None:
 
     now = training_conditions(resolve_device("auto"))
     for name, card in sorted(cards.items()):
-        diffs = condition_changes(card.trained_under, now) if card.trained_under else []
+        diffs = condition_changes(card.trained_under, now)  # a card without the record has none
         if diffs:
             warn(f"{name}: trained under other conditions ({'; '.join(diffs)}); a retrain here gives other weights")
 
