@@ -11,12 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
-from robaudit.attacks.lp import perturb
 from robaudit.attacks.outcomes import outcome_metrics
-from robaudit.attacks.predict import Images, model_device, predict_draws
+from robaudit.attacks.predict import Images, predict_draws
 from robaudit.core.results import ClassHarm, Comparison, Control, ControlRate, CriticalHarm, Harm, Metrics
 from robaudit.core.stats import mcnemar_exact, mean_ci, rate
 
@@ -41,14 +39,16 @@ def _control_rate(outcomes: np.ndarray) -> ControlRate:
 
 def control_metrics(model: nn.Module, images: Images, controls: Tensor, clean_pred, *, target: int | None = None,
                     clip: bool = True, kind: str = "uniform", norm_value: float | None = None,
-                    batch_size: int = 128, device=None) -> tuple[Control, np.ndarray]:
+                    batch_size: int = 128, device=None, predicted=None) -> tuple[Control, np.ndarray]:
     """Evaluate K control draws ``controls`` (K, C, H, W) exactly like the UAP.
 
     Returns the :class:`Control` summary (mean over draws, t-interval over draws, every draw's rate) and
     the per-draw outcomes as a bool array (K, N): fooled (non-targeted) or predicted as ``target``.
+    ``predicted``: the draws' predictions (K, N) when the caller already has them (one pass with the UAP).
     """
-    adv = predict_draws(model, images, [d[None] for d in controls], clip=clip, batch_size=batch_size,
-                        device=device).numpy()
+    adv = _np(predicted) if predicted is not None else \
+        predict_draws(model, images, [d[None] for d in controls], clip=clip, batch_size=batch_size,
+                      device=device).numpy()
     fooled = adv != _np(clean_pred).astype(int)[None, :]
     hits = adv == target if target is not None else None
     control = Control(kind=kind, draws=len(controls), norm_value=norm_value, fooling_rate=_control_rate(fooled),
@@ -116,31 +116,6 @@ class PerImage:
     clean_score: np.ndarray
     adv_score: np.ndarray
     control_adv: np.ndarray | None = None
-
-
-def _top_scores(model: nn.Module, images: Tensor, v: Tensor | None, clip: bool, batch_size: int, device) \
-        -> tuple[np.ndarray, np.ndarray]:
-    dev = model_device(model, device)
-    preds, scores = [], []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(dev, torch.float32)
-            p = model(x if v is None else perturb(x, v.to(dev), clip)).float().softmax(1)
-            s, k = p.max(1)
-            preds.append(k.cpu())
-            scores.append(s.cpu())
-    return torch.cat(preds).numpy(), torch.cat(scores).numpy()
-
-
-def per_image(model: nn.Module, images: Tensor, v: Tensor, control_v: Tensor | None = None, *, clip: bool = True,
-              batch_size: int = 256, device=None) -> PerImage:
-    """Softmax scores of the predicted class on x and x + v, and the predictions on x + ``control_v``."""
-    _, clean_score = _top_scores(model, images, None, clip, batch_size, device)
-    _, adv_score = _top_scores(model, images, v, clip, batch_size, device)
-    ctrl = None
-    if control_v is not None:
-        ctrl = _top_scores(model, images, control_v.reshape(1, *control_v.shape[-3:]), clip, batch_size, device)[0]
-    return PerImage(clean_score, adv_score, ctrl)
 
 
 def critical_of(flag: str | None, task, classes: Sequence[str]) -> tuple[int | None, str | None]:

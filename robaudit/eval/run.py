@@ -17,7 +17,7 @@ import torch
 from robaudit import __version__
 from robaudit.attacks.lp import lp_norm
 from robaudit.attacks.noise import random_controls
-from robaudit.attacks.predict import predict
+from robaudit.attacks.predict import predict, score_draws
 from robaudit.attacks.uap import Builder, Selection, StopRule, UAPOutcome, new_run
 from robaudit.attacks.uap.group import DistributedGroup, init_from_env, shard
 from robaudit.attacks.uap.race import Entrant, race, rechunk, rung_points
@@ -59,7 +59,6 @@ from robaudit.eval.metrics import (
     control_metrics,
     critical_of,
     harm_metrics,
-    per_image,
     uap_metrics,
 )
 from robaudit.eval.query import build_query, threat_notes, threat_update
@@ -313,12 +312,6 @@ def _scorer(model: torch.nn.Module, x: torch.Tensor, target: int | None, clip: b
                                     target).astype(bool)
 
 
-def _success_rate(model, x: torch.Tensor, clean: torch.Tensor, v: torch.Tensor, target: int | None, clip: bool,
-                  device) -> float:
-    adv = predict(model, x, v, clip=clip, batch_size=256, device=device)
-    return float(success_vector(clean.numpy(), adv.numpy(), target).mean())
-
-
 def build(prep: Prepared, quiet: bool) -> UAPOutcome:
     """The UAP engine over the prepared source: one build, or for ``best`` / ``restarts`` a race of the
     candidates (method x restart) by successive halving on the selection split (a stream only; a plain
@@ -411,32 +404,37 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
     if prep.surrogate is not None:  # v is fixed: now the audited model may be asked
         _probe(lm, prep.x_eval)
         prep.checked = _check(spec, lm, prep.task, prep.x_eval, prep.y_eval)
-    if spec.clip and prep.checked is not None:  # the check's clean predictions are these (same images, same call)
-        clean = prep.checked.predictions
-    else:
-        clean = predict(lm.module, prep.x_eval, None, clip=spec.clip, batch_size=256, device=lm.device)
-    adv = predict(lm.module, prep.x_eval, v, clip=spec.clip, batch_size=256, device=lm.device)
-    metrics = uap_metrics(clean, adv, prep.y_eval, lm.classes, target=prep.target)
-    delivered = spec.delivery != "input"  # v as it reaches the model through the stored format (eval/delivery)
     achieved = float(lp_norm(v, spec.norm).item())
-    control = comparison = None
+    noises = torch.empty(0, *v.shape[1:])
     if spec.controls > 0:
         gen = torch.Generator().manual_seed(spec.seed + 7919)
         noise_norm = prep.eps if spec.norm == "linf" else achieved
         noises = random_controls(tuple(v.shape[1:]), spec.norm, noise_norm, spec.controls, kind=spec.control_kind,
                                  generator=gen)
-        control, outcomes = control_metrics(lm.module, prep.x_eval, noises, clean, target=prep.target,
-                                            clip=spec.clip, batch_size=256, device=lm.device, kind=spec.control_kind)
-        comparison = compare_to_control(success_vector(clean.numpy(), adv.numpy(), prep.target), outcomes)
-    median = noises[comparison.detail["control_draw"]] if comparison is not None else None
-    if delivered:
-        metrics.delivered = measure_delivery(prep, v, noises if spec.controls > 0 else None,
-                                             comparison.detail["control_draw"] if comparison is not None else None)
-    records = per_image(lm.module, prep.x_eval, v, median, clip=spec.clip, device=lm.device)
     sel = prep.outcome.selection if prep.outcome is not None else None
+    snapshots = list(sel.snapshots) if sel is not None else []
+    # one pass over the images: clean, v, every noise draw and every checked v of the trajectory, in cache-sized
+    # channels-last batches (a third of the time of separate NCHW passes at batch 256 on CPU)
+    draws = [None, v, *(n[None] for n in noises), *snapshots]
+    batch = CHECK_BATCH.get(torch.device(lm.device).type, 64)
+    with channels_last_model(lm.module) as net:
+        preds, scores = score_draws(net, prep.x_eval.contiguous(memory_format=torch.channels_last), draws,
+                                    clip=spec.clip, batch_size=batch, device=lm.device)
+    k = 2 + len(noises)
+    clean, adv = preds[0], preds[1]
+    metrics = uap_metrics(clean, adv, prep.y_eval, lm.classes, target=prep.target)
+    delivered = spec.delivery != "input"  # v as it reaches the model through the stored format (eval/delivery)
+    control = comparison = median = None
+    if spec.controls > 0:
+        control, outcomes = control_metrics(lm.module, prep.x_eval, noises, clean, target=prep.target,
+                                            kind=spec.control_kind, predicted=preds[2:k])
+        comparison = compare_to_control(success_vector(clean.numpy(), adv.numpy(), prep.target), outcomes)
+        median = comparison.detail["control_draw"]
+    if delivered:
+        metrics.delivered = measure_delivery(prep, v, noises if spec.controls > 0 else None, median)
+    records = PerImage(scores[0].numpy(), scores[1].numpy(), preds[2 + median].numpy() if median is not None else None)
     if sel is not None:  # each checked v on the reported split: the trajectory's test rates
-        prep.test_rates = [_success_rate(lm.module, prep.x_eval, clean, vk, prep.target, spec.clip, lm.device)
-                           for vk in sel.snapshots]
+        prep.test_rates = [float(success_vector(clean.numpy(), p.numpy(), prep.target).mean()) for p in preds[k:]]
     return Measured(clean, adv, metrics, achieved, control, comparison, records)
 
 

@@ -40,18 +40,19 @@ class Builder:
         self.interrupted = self.plateau = self.finished = False
         self.seconds = 0.0
 
-    def feed(self, x: Tensor) -> bool:
-        """Attack one chunk (already checked by the group's ``chunks``); False once the build has ended."""
+    def feed(self, x: Tensor, y: Tensor | None = None) -> bool:
+        """Attack one chunk (already checked by the group's ``chunks``); False once the build has ended.
+        ``y``: the chunk's clean labels when the caller shares them between builds on one model (a race)."""
         if self.finished:
             return False
-        run, start, y, done = self.run, time.perf_counter(), None, False
+        run, start, done = self.run, time.perf_counter(), False
         try:
             x = check_chunk(x)
             if run.v is None:
                 v0 = torch.zeros((1, *x.shape[1:])) if self.init is None else self.init.reshape(1, *x.shape[1:])
                 run.set_v(v0.float().to(run.device))
                 run.v = run.group.broadcast(run.v)  # a resumed partial may exist on rank 0 only
-            y = run.clean_labels(x)
+            y = run.clean_labels(x) if y is None else y
             success = self.method(run, x, y)
             done = True
             if success is None and not self.measure_chunks:

@@ -13,6 +13,7 @@ dropped it. Each candidate's rung results are kept (:class:`Rung`), with that p-
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from scipy.stats import binomtest
 from torch import Tensor
 
 from robaudit.attacks.uap.build import Builder
+from robaudit.attacks.uap.group import check_chunk
 
 
 @dataclass
@@ -86,8 +88,9 @@ def race(entrants: list[Entrant], chunks: Iterable[Tensor], rungs: list[int], ke
     live, todo = [e for e in entrants if not e.builder.finished], sorted(rungs)
     try:
         for x in chunks:
+            y = _shared_labels(live, x)
             for e in live:
-                e.builder.feed(x)
+                e.builder.feed(x, y)
             if any(e.builder.interrupted for e in live):
                 break
             seen = max(e.builder.run.images_seen for e in live)
@@ -105,6 +108,21 @@ def race(entrants: list[Entrant], chunks: Iterable[Tensor], rungs: list[int], ke
         return stopped[0]
     finalists = [e for e in entrants if e.dropped_at is None]  # plateaued or ran to the end
     return max(finalists, key=lambda e: (_score(e), -entrants.index(e)))
+
+
+def _shared_labels(live: list[Entrant], x: Tensor) -> Tensor | None:
+    """The chunk's clean labels, computed once for every live entrant on the same model (a third of a
+    three-way race's label passes); their cost is shared out between them. None: each computes its own."""
+    runs = [e.builder.run for e in live if not e.builder.finished]
+    if len(runs) < 2 or any(r.model is not runs[0].model or r.targeted != runs[0].targeted for r in runs):
+        return None
+    start = time.perf_counter()
+    y = runs[0].clean_labels(check_chunk(x))
+    share = (time.perf_counter() - start) / len(runs)
+    for e in live:
+        if not e.builder.finished:
+            e.builder.seconds += share
+    return y
 
 
 def _rung(live: list[Entrant], seen: int, keep: float, separate: float) -> list[Entrant]:
