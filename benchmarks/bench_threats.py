@@ -5,7 +5,8 @@ Scale run so far (benchmarks/README.md "Threat models"): the embedded chest X-ra
 300 test images), the tests' small CNN at 32 px, bundled natural photos, L-inf zeta 4 %, seeds 0-2, 1 CPU
 thread. The issue's full scale (three shared tasks, fine-tuned lite0) is ``--model NAME --data TASK``.
 
-    python benchmarks/bench_threats.py [--seeds 0 1 2] [--model ZOO_NAME --data TASK] [--budget 100000]
+    python benchmarks/bench_threats.py [--seeds 0 1 2] [--model ZOO_NAME [--data TASK]] [--budget 100000] \
+        [--parts query delivery] [--eval 500] [--source imagenet] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,38 +36,71 @@ def small_cnn(size: int = 32) -> ra.Model:
     return ra.Model(net, classes=xray.classes, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=size, name="xray-cnn")
 
 
+#: the issue's scale: lite0 fine-tuned as bench_strength.py trains it (3 epochs, 64 px, 2,000 training images)
+TRAIN = dict(epochs=3, image_size=64, train_limit=2000)
+
+
+def audited_model(name: str | None) -> ra.Model:
+    """The tests' small CNN, or a zoo model (trained here first, as bench_strength.py trains it, if missing)."""
+    if name is None:
+        return small_cnn()
+    from robaudit.models.store import is_trained
+    from robaudit.models.train import TrainConfig, train_model
+
+    if not is_trained(name):
+        train_model(name, TrainConfig(**TRAIN), device="cpu", quiet=True)
+    return ra.load_model(name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--model")
-    ap.add_argument("--data", default="pneumonia-mini")
+    ap.add_argument("--model", help="zoo name, e.g. skin_tf_efficientnet_lite0 (default: the tests' small CNN)")
+    ap.add_argument("--data", default=None, help="task (default: the model's own, or pneumonia-mini)")
+    ap.add_argument("--source", default="natural", help="natural (bundled photos) or imagenet (the data root's)")
     ap.add_argument("--budget", type=int, default=None, help="query budget (default: the device's)")
+    ap.add_argument("--eval", type=int, default=None, help="test images (default: the whole split)")
+    ap.add_argument("--parts", nargs="+", default=["query", "delivery"], choices=["query", "delivery"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None, help="write every row here as it is measured")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    model = ra.load_model(args.model) if args.model else small_cnn()
-    base = dict(source="natural", norm="linf", zeta=0.04, controls=5)
+    torch.set_num_threads(args.threads)
+    model = audited_model(args.model)
+    data = args.data or (None if args.model else "pneumonia-mini")
+    base = dict(source=args.source, norm="linf", zeta=0.04, controls=5,
+                **({"eval_limit": args.eval} if args.eval else {}))
     cells = {"white-box": {}, "query scores": dict(access="query", query_budget=args.budget),
              "query labels": dict(access="query", query_output="labels", query_budget=args.budget)}
     rows = []
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            doc = {"model": args.model or "xray-cnn", "data": data, "settings": base, "rows": rows}
+            with open(args.json, "w") as f:
+                json.dump(doc, f, indent=1)
+
     for seed in args.seeds:
-        for name, kw in cells.items():
-            t = time.time()
-            r = ra.uap(model, args.data, seed=seed, **base, **{k: v for k, v in kw.items() if v is not None})
-            m, c = r.result.metrics, r.result.control
-            rows.append(dict(cell=name, seed=seed, fooling=m.fooling_rate.value, ci=m.fooling_rate.ci,
-                             noise=c.fooling_rate.value, noise_ci=c.fooling_rate.ci,
-                             queries=r.result.attack.queries_used, seconds=round(time.time() - t, 1)))
-            print(json.dumps(rows[-1]))
+        if "query" in args.parts:
+            for name, kw in cells.items():
+                t = time.time()
+                r = ra.uap(model, data, seed=seed, **base, **{k: v for k, v in kw.items() if v is not None})
+                m, c = r.result.metrics, r.result.control
+                emit(dict(cell=name, seed=seed, fooling=m.fooling_rate.value, ci=m.fooling_rate.ci,
+                          noise=c.fooling_rate.value, noise_ci=c.fooling_rate.ci, p=r.result.comparison.p_value,
+                          queries=r.result.attack.queries_used, seconds=round(time.time() - t, 1)))
+        if "delivery" not in args.parts:
+            continue
         for q in ("jpeg=90", "jpeg=75"):
             for eot in (False, True):
                 t = time.time()
-                r = ra.uap(model, args.data, seed=seed, delivery=q, eot=eot, **base)
+                r = ra.uap(model, data, seed=seed, delivery=q, eot=eot, **base)
                 d = r.result.metrics.delivered
-                rows.append(dict(cell=f"delivery {q}{' eot' if eot else ''}", seed=seed,
-                                 at_input=r.result.metrics.fooling_rate.value, delivered=d.fooling_rate.value,
-                                 delivered_ci=d.fooling_rate.ci, noise_delivered=d.control_fooling_rate,
-                                 seconds=round(time.time() - t, 1)))
-                print(json.dumps(rows[-1]))
+                emit(dict(cell=f"delivery {q}{' eot' if eot else ''}", seed=seed,
+                          at_input=r.result.metrics.fooling_rate.value, delivered=d.fooling_rate.value,
+                          delivered_ci=d.fooling_rate.ci, noise_delivered=d.control_fooling_rate,
+                          seconds=round(time.time() - t, 1)))
 
 
 if __name__ == "__main__":

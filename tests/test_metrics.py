@@ -10,7 +10,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from robaudit.attacks.lp import lp_norm
 from robaudit.attacks.noise import random_controls
-from robaudit.attacks.predict import predict
+from robaudit.attacks.predict import predict, predict_draws, score_draws
 from robaudit.core.stats import mean_ci
 from robaudit.eval.metrics import compare_to_control, control_metrics, uap_metrics
 
@@ -83,6 +83,23 @@ def test_control_metrics_evaluates_draws_like_the_uap():
     assert control.draws == 3 and control.targeted_success_rate is None
     control, hits = control_metrics(model, iter([x[:2], x[2:]]), draws, clean, target=1)
     assert control.targeted_success_rate.draws == [0.75, 0.25, 0.5] and hits.sum(1).tolist() == [3, 1, 2]
+
+
+def test_score_draws_is_one_pass_of_every_draw():
+    """measure() reads clean, v, the noise draws and the trajectory from one pass: each row must be what a
+    separate pass gives, scores the softmax of the predicted class, and precomputed control rows the same."""
+    model = Brightness(0.5)
+    x = _images([0.45, 0.55, 0.2, 0.8])
+    draws = [None, torch.full((1, 3, 4, 4), 0.1), torch.full((1, 3, 4, 4), -0.1)]
+    preds, scores = score_draws(model, iter([x[:3], x[3:]]), draws, batch_size=2)
+    assert preds.tolist() == [[0, 1, 0, 1], [1, 1, 0, 1], [0, 0, 0, 1]]
+    assert torch.equal(preds, predict_draws(model, x, draws))
+    margin = torch.tensor([[-0.05, 0.05, -0.3, 0.3], [0.05, 0.15, -0.2, 0.4], [-0.15, -0.05, -0.4, 0.2]])
+    assert scores.numpy() == pytest.approx(torch.sigmoid(2 * margin.abs()).numpy(), abs=1e-6)
+    noise = torch.cat(draws[1:])
+    separate, _ = control_metrics(model, x, noise, preds[0])
+    shared, _ = control_metrics(model, x, noise, preds[0], predicted=preds[1:])
+    assert shared == separate and shared.fooling_rate.draws == [0.25, 0.25]
 
 
 def test_compare_to_control_matches_statsmodels():
