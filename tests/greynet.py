@@ -37,13 +37,14 @@ def train_greynet(x: torch.Tensor, y: torch.Tensor, epochs: int = 6, seed: int =
     return net.eval()
 
 
-def xray_cnn(size: int = 32):
+def xray_cnn(size: int = 32, task: str = "pneumonia-mini", limit: int | None = None):
     """The README's small CNN, three epochs on the 800 embedded training X-rays (mean 0.5, std 0.25, a few
-    seconds): (net, classes). Shared by the harm and threat-model tests."""
+    seconds), or on ``limit`` training images of ``task``: (net, classes). Shared by the harm and threat-model
+    tests."""
     import robaudit as ra
 
-    xray = ra.load_data("pneumonia-mini")
-    x_tr, y_tr = xray.tensors("train", size=size)
+    xray = ra.load_data(task)
+    x_tr, y_tr = xray.tensors("train", size=size, limit=limit)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2))

@@ -79,7 +79,7 @@ def test_training_stops_at_its_val_plateau_and_keeps_the_best_epoch(home):
 
 
 def test_an_older_demos_models_are_retrained(home):
-    from robaudit.demo import choose_data, demo_recipe, stale_models
+    from robaudit.demo import choose_data, demo_recipe, duration_line, stale_models
 
     recipe = demo_recipe(choose_data(), small=True)
     cfg = recipe.train.config().model_copy(update={"train_limit": 64, "image_size": 32})
@@ -88,6 +88,10 @@ def test_an_older_demos_models_are_retrained(home):
     train_model(NAME, recipe.train.config(), device="cpu", quiet=True, resume=False)
     assert stale_models(recipe) == []
     assert stale_models(demo_recipe(choose_data(), small=True, train_seed=1)) == [NAME]
+    # the first line states the measured time for what this run will do: retrain (fresh) or reuse (trained)
+    full = demo_recipe(choose_data())
+    assert "4 min 12 s" in duration_line(full, False, [NAME]) and "8 epochs at most" in duration_line(full, False, [])
+    assert full.train.epochs == full.train.scratch_epochs == 8 and full.train.patience == 2
 
 
 @pytest.mark.slow
