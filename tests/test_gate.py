@@ -258,6 +258,18 @@ def test_selectors(select, matches):
     assert Selector.model_validate(select).matches(counted_cell(10, 100)) is matches
 
 
+def test_access_and_delivery_selectors_read_the_threat_fields():
+    """A result without the 0.6 threat fields is the published white-box cell at the model input."""
+    from robaudit.gating import Selector
+
+    old = counted_cell(10, 100)
+    query = old.model_copy(update={"attack": old.attack.model_copy(update={"access": "query",
+                                                                          "delivery": "jpeg=75"})})
+    assert Selector(access="white-box", delivery="input").matches(old) and not Selector(access="query").matches(old)
+    assert Selector(access="query", delivery="jpeg=*").matches(query)
+    assert not Selector(delivery=["input", "stored"]).matches(query)
+
+
 def test_target_selector_matches_index_or_class_name():
     from robaudit.gating import Selector
 

@@ -5,7 +5,8 @@ policy, or a rule whose selector matches no cell of the result, unless the rule 
 
 Rules bound rates on their *upper* confidence bound by default (``bound = "upper"``; minimums use
 the lower bound), so a small test set cannot pass by luck. Each rule has a ``select`` table matching
-cells on ``attack`` fields (kind, source, source_kind, threat_model, norm, zeta, method, targeted, target) and on
+cells on ``attack`` fields (kind, source, source_kind, threat_model, access, delivery, norm, zeta, method,
+targeted, target) and on
 the model (``model`` = ``model.name``, arch, init, transfer) and data (data, split). Strings are
 shell-style globs, lists mean any of, zeta matches to a relative 1e-6. See docs/policy.example.toml.
 Rules read cells through :mod:`robaudit.grading`, as the report does (same severities, same p family).

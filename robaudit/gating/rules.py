@@ -56,6 +56,8 @@ class Selector(_Strict):
     method: StrSel = None
     threat_model: StrSel = Field(default=None, description="white-box natural, zero-knowledge surrogate, "
                                  "training images (globs)")
+    access: StrSel = Field(default=None, description="white-box or query (what the attacker reached)")
+    delivery: StrSel = Field(default=None, description="input, stored or jpeg=Q (where v enters; globs: jpeg=*)")
     targeted: bool | None = None
     target: int | str | list[int | str] | None = None
     pooled: bool | None = Field(default=None, description="true: only rows pooled over training replicates; "
@@ -74,7 +76,8 @@ class Selector(_Strict):
         a, m = cell.attack, cell.model
         for name, value in (("model", m.name), ("arch", m.arch), ("init", m.init), ("transfer", m.transfer),
                             ("data", cell.data.name), ("split", cell.data.split), ("source", a.source),
-                            ("method", a.method), ("threat_model", a.threat_model)):
+                            ("method", a.method), ("threat_model", a.threat_model),
+                            ("access", a.access or "white-box"), ("delivery", a.delivery or "input")):
             pats = _listify(getattr(self, name))
             if pats is not None and not any(_glob(str(p), value) for p in pats):
                 return False
