@@ -143,13 +143,14 @@ def test_query_only_uap_beats_same_norm_noise_within_the_default_budget(query_ru
 def test_query_only_uap_beats_noise_on_the_shared_chest_xrays_from_imagenet_photos(data_root, one_thread):
     """The same claim in CI on the shared data: the full Kermany X-rays (stored 128 px), the small CNN trained
     on 2,000 of their training images at 32 px, v searched from the data root's ImageNet photos through the
-    scores oracle within the default budget, measured on 500 test X-rays against same-norm noise."""
+    scores oracle within the default budget, measured on 500 test X-rays against same-norm noise. Measured (AMD
+    EPYC, 1 thread): 9.8% [7.5, 12.7] vs 0.4% [0.0, 0.9], p = 7e-15, 99,600 queries; clean accuracy 78.6%."""
     net, classes = xray_cnn(SIZE, task="pneumonia", limit=2000)
     m = ra.Model(net, classes=classes, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=SIZE, name="kermany-cnn")
     r = ra.uap(m, "pneumonia", source="imagenet", access="query", norm="linf", zeta=0.04, seed=0, controls=5,
                eval_limit=500)
     a, f, c = r.result.attack, r.result.metrics.fooling_rate, r.result.control.fooling_rate
-    assert a.threat_model == "query-only (scores)" and "ImageNet" in r.result.notes[0] and f.n == 500
+    assert a.threat_model == "query-only (scores)" and "of imagenet (800 images" in r.result.notes[0] and f.n == 500
     assert a.queries_used <= a.query_budget == 100_000
     assert f.ci[0] > c.ci[1] and r.result.comparison.p_value < 1e-3, (f, c)
 
