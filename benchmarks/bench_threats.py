@@ -36,19 +36,18 @@ def small_cnn(size: int = 32) -> ra.Model:
     return ra.Model(net, classes=xray.classes, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=size, name="xray-cnn")
 
 
-#: the issue's scale: lite0 fine-tuned as bench_strength.py trains it (3 epochs, 64 px, 2,000 training images)
-TRAIN = dict(epochs=3, image_size=64, train_limit=2000)
-
-
 def audited_model(name: str | None) -> ra.Model:
-    """The tests' small CNN, or a zoo model (trained here first, as bench_strength.py trains it, if missing)."""
+    """The tests' small CNN, or a zoo model, trained here first if missing exactly as bench_strength.py trains
+    it (the issue's scale: lite0, 3 epochs, 64 px, 2,000 training images)."""
     if name is None:
         return small_cnn()
+    from bench_strength import TRAIN  # this folder is on sys.path when a benchmark runs as a script
+
     from robaudit.models.store import is_trained
-    from robaudit.models.train import TrainConfig, train_model
+    from robaudit.models.train import train_model
 
     if not is_trained(name):
-        train_model(name, TrainConfig(**TRAIN), device="cpu", quiet=True)
+        train_model(name, TRAIN, device="cpu", quiet=True)
     return ra.load_model(name)
 
 
