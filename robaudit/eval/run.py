@@ -415,7 +415,9 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
     snapshots = list(sel.snapshots) if sel is not None else []
     # one pass over the images: clean, v, every noise draw and every checked v of the trajectory, in cache-sized
     # batches made channels-last one at a time (no second copy of the images): a third of the time of separate
-    # NCHW passes at batch 256 on CPU (benchmarks/README.md "Measuring the verdict")
+    # NCHW passes at batch 256 on CPU (benchmarks/README.md "Measuring the verdict"). Clean is recomputed here
+    # rather than taken from the model check, so that every draw is judged against predictions from the same
+    # kernels and batches (a borderline image cannot count as fooled by rounding alone)
     draws = [None, v, *(n[None] for n in noises), *snapshots]
     batch = CHECK_BATCH.get(torch.device(lm.device).type, 64)
     with channels_last_model(lm.module) as net:
