@@ -126,8 +126,8 @@ def delivered_hits(model: ra.Model, spec, run, q: int):
     evaluated test images at their stored size (what ``eval.delivery.measure_delivery`` does, at any quality)."""
     from robaudit.attacks.predict import predict
     from robaudit.core.results import success_vector
-    from robaudit.eval.delivery import deliver, place
     from robaudit.data.images import to_channels
+    from robaudit.eval.delivery import deliver, place
 
     d = run.result.metrics.delivered
     task = ra.load_data(run.result.data.name)

@@ -55,14 +55,11 @@ def condition_changes(recorded: dict, current: dict) -> list[str]:
 
 
 def environment(device) -> dict:
-    """Where a result was computed: versions, platform, device (and GPU name), torch threads."""
+    """Where a result was computed: the training conditions (versions, torch threads, CPU instruction set, device
+    and GPU name) plus robaudit, Python, NumPy and the platform."""
 
-    env = {"robaudit": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "timm": timm.__version__, "numpy": np.__version__, "platform": platform.platform(),
-           "device": str(device), "torch_threads": torch.get_num_threads()}
-    if getattr(device, "type", str(device)) == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
+    return {"robaudit": __version__, "python": platform.python_version(), **training_conditions(device),
+            "numpy": np.__version__, "platform": platform.platform(), "device": str(device)}
 
 
 def command_line() -> str:
