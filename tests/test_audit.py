@@ -176,7 +176,8 @@ def test_failing_cell_is_recorded_and_audit_carries_on(twins, tmp_path):
 
     recipe = AuditRecipe(name="failing", models=["pneumonia_tf_efficientnet_lite0"],
                          sources=["natural", str(tmp_path / "no-such-folder")], eval_limit=32, source_limit=32,
-                         max_iter=1, controls=1, device="cpu", transfer_eval=False)
+                         max_iter=1, controls=1, device="cpu", transfer_eval=False, methods=["fgsm"], budget=64,
+                         select="none")
     doc = run_audit(recipe, tmp_path / "out", quiet=True)
     assert doc["counts"]["done"] == 1 and doc["counts"]["failed"] == 1
     assert "unknown source" in doc["failed"][0]["error"]

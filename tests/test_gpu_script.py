@@ -37,6 +37,7 @@ def test_cpu_smoke_writes_every_figure(tmp_path):
     out = tmp_path / "gpu"
     env = {k: v for k, v in os.environ.items() if k not in ("ROBAUDIT_HOME", "PYTEST_CURRENT_TEST")}
     env["PYTHON"] = sys.executable
+    env["ROBAUDIT_SMOKE_TESTS"] = "process_group"  # one device test: the suite runs test_device.py's CPU half itself
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu" / "run.sh"), "--cpu-smoke", "--out", str(out)],
                           # the script caps each step itself (690 s in all for the smoke profile); a busy box
                           # stretches the steps, which the caps judge, so this limit only catches a hang
