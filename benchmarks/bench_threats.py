@@ -1,12 +1,14 @@
 """Threat models (issue 26): query-only (scores, labels) vs same-norm noise vs white-box at the same photos, and
 delivered vs at-input fooling with and without EOT (resize from the stored size, JPEG 90 / 75).
 
-Scale run so far (benchmarks/README.md "Threat models"): the embedded chest X-rays (pneumonia-mini, 64 px stored,
-300 test images), the tests' small CNN at 32 px, bundled natural photos, L-inf zeta 4 %, seeds 0-2, 1 CPU
-thread. The issue's full scale (three shared tasks, fine-tuned lite0) is ``--model NAME --data TASK``.
+Default scale: the embedded chest X-rays (pneumonia-mini, 64 px stored, 300 test images), the tests' small CNN
+at 32 px, bundled natural photos, L-inf zeta 4 %. The issue's scale (benchmarks/README.md "Threat models": the
+three shared tasks' fine-tuned lite0, the data root's ImageNet photos, 500 test images, seeds 0-2) is
+``--model TASK_tf_efficientnet_lite0 --source imagenet --eval 500``; ``--budget`` with ``--cells`` gives the
+query-only rate at smaller budgets.
 
     python benchmarks/bench_threats.py [--seeds 0 1 2] [--model ZOO_NAME [--data TASK]] [--budget 100000] \
-        [--parts query delivery] [--eval 500] [--source imagenet] [--json out.json]
+        [--parts query delivery] [--cells ...] [--eval 500] [--source imagenet] [--json out.json]
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=None, help="query budget (default: the device's)")
     ap.add_argument("--eval", type=int, default=None, help="test images (default: the whole split)")
     ap.add_argument("--parts", nargs="+", default=["query", "delivery"], choices=["query", "delivery"])
+    ap.add_argument("--cells", nargs="+", default=["white-box", "query scores", "query labels"],
+                    choices=["white-box", "query scores", "query labels"], help="the query part's cells")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write every row here as it is measured")
     args = ap.parse_args()
@@ -84,12 +88,15 @@ def main() -> None:
     for seed in args.seeds:
         if "query" in args.parts:
             for name, kw in cells.items():
+                if name not in args.cells:
+                    continue
                 t = time.time()
                 r = ra.uap(model, data, seed=seed, **base, **{k: v for k, v in kw.items() if v is not None})
                 m, c = r.result.metrics, r.result.control
                 emit(dict(cell=name, seed=seed, fooling=m.fooling_rate.value, ci=m.fooling_rate.ci,
                           noise=c.fooling_rate.value, noise_ci=c.fooling_rate.ci, p=r.result.comparison.p_value,
-                          queries=r.result.attack.queries_used, seconds=round(time.time() - t, 1)))
+                          queries=r.result.attack.queries_used, budget=r.result.attack.query_budget,
+                          seconds=round(time.time() - t, 1)))
         if "delivery" not in args.parts:
             continue
         # one plain v per seed (built at the model input, measured by the library as delivered through JPEG 75),
