@@ -108,9 +108,7 @@ def main() -> None:
             builds[("eot", q)] = ra.uap(model, data, seed=seed, delivery=f"jpeg={q}", eot=True, **base)
             builds[("eot", q)].seconds = round(time.time() - t, 1)
         for q in (90, 75):
-            hits = {kind: delivered_hits(model, plain.spec if kind == "plain" else builds[(kind, q)].spec,
-                                         (plain if kind == "plain" else builds[(kind, q)]), q)
-                    for kind in ("plain", "eot")}
+            hits = {"plain": delivered_hits(model, plain, q), "eot": delivered_hits(model, builds[("eot", q)], q)}
             for kind in ("plain", "eot"):
                 r = builds.get((kind, q))
                 if r is not None:  # the library measured this one: the hand count must agree (up to a borderline
@@ -128,7 +126,7 @@ def main() -> None:
                       stored=eot.result.metrics.delivered.stored_size, eot_seconds=eot.seconds))
 
 
-def delivered_hits(model: ra.Model, spec, run, q: int):
+def delivered_hits(model: ra.Model, run, q: int):
     """Per-image outcomes of ``run.v`` delivered through 8-bit, JPEG ``q`` and the model's resize, on the run's
     evaluated test images at their stored size (what ``eval.delivery.measure_delivery`` does, at any quality)."""
     from robaudit.attacks.predict import predict
@@ -136,7 +134,7 @@ def delivered_hits(model: ra.Model, spec, run, q: int):
     from robaudit.data.images import to_channels
     from robaudit.eval.delivery import deliver, place
 
-    d = run.result.metrics.delivered
+    d, spec = run.result.metrics.delivered, run.spec
     task = ra.load_data(run.result.data.name)
     xs, _ = task.tensors(spec.split, size=d.stored_size, limit=spec.eval_limit, seed=spec.seed)
     xs = to_channels(xs, run.v.shape[1]) if xs.shape[1] != run.v.shape[1] else xs
@@ -145,6 +143,7 @@ def delivered_hits(model: ra.Model, spec, run, q: int):
         clean = predict(model.module, deliver(xs, **kw), None, batch_size=256).numpy()
         adv = predict(model.module, deliver(xs + place(run.v, d.stored_size), **kw), None, batch_size=256).numpy()
     return success_vector(clean, adv, None).astype(bool)
+
 
 if __name__ == "__main__":
     main()
