@@ -79,17 +79,30 @@ def deliver(x: torch.Tensor, *, grey: bool, q: int | None, input_size: int, chan
     return to_channels(resize_batch(x, input_size), channels)
 
 
+def stored_eval_images(task, spec, side: int, channels: int) -> torch.Tensor:
+    """The evaluated images (the spec's split, limit and seed) at their stored side, with v's channels."""
+    xs, _ = task.tensors(spec.split, size=side, limit=spec.eval_limit, seed=spec.seed)
+    return to_channels(xs, channels) if xs.shape[1] != channels else xs
+
+
+def delivered_predictions(module, xs: torch.Tensor, perts, *, grey: bool, q: int | None, input_size: int,
+                          channels: int, device=None) -> list[np.ndarray]:
+    """Predictions on the stored images ``xs`` plus each perturbation in ``perts`` (None: clean), delivered."""
+    side = xs.shape[-1]
+    kw = dict(grey=grey, q=q, input_size=input_size, channels=channels)
+    return [predict(module, deliver(xs if p is None else xs + place(p, side), **kw), None, batch_size=256,
+                    device=device).numpy() for p in perts]
+
+
 def measure_delivery(prep, v: torch.Tensor, noises: torch.Tensor | None, median: int | None) -> Delivered:
     """v's fooling rate as delivered, its controls' likewise, on the evaluated images at their stored size."""
     spec, lm, task = prep.spec, prep.lm, prep.task
     side, q, size = stored_side(task, spec.split, prep.size), quality(spec.delivery), prep.size
-    xs, _ = task.tensors(spec.split, size=side, limit=spec.eval_limit, seed=spec.seed)  # x_eval's images, stored
-    xs = to_channels(xs, v.shape[1]) if xs.shape[1] != v.shape[1] else xs
-    kw = dict(grey=bool(getattr(task, "is_grey", False)), q=q, input_size=size, channels=lm.channels)
+    xs = stored_eval_images(task, spec, side, v.shape[1])  # x_eval's images, stored
 
     def delivered_pred(pert: torch.Tensor | None) -> np.ndarray:
-        img = xs if pert is None else xs + place(pert, side)
-        return predict(lm.module, deliver(img, **kw), None, batch_size=256, device=lm.device).numpy()
+        return delivered_predictions(lm.module, xs, [pert], grey=bool(getattr(task, "is_grey", False)), q=q,
+                                     input_size=size, channels=lm.channels, device=lm.device)[0]
 
     clean = delivered_pred(None)
     adv = delivered_pred(v)
