@@ -13,7 +13,6 @@ from pydantic import BaseModel
 
 from robaudit import __version__
 from robaudit.attacks.lp import project
-from robaudit.attacks.predict import predict
 from robaudit.auditing.cells import Cell
 from robaudit.auditing.mitigation_stats import ReauditConfig, apply_family, mitigation_doc, section_pvalues
 from robaudit.auditing.pooled import pool_results, pooled_comparisons
@@ -22,6 +21,7 @@ from robaudit.core.provenance import command_line, environment, now_iso
 from robaudit.core.stats import REPLICATE_INTERVAL, REPLICATE_TEST, mcnemar_exact
 from robaudit.data import load_task
 from robaudit.data.images import resize_batch
+from robaudit.eval.run import predict_as_measured
 from robaudit.grading import (
     FAMILY_NOTE,
     FAMILY_NOTE_REPLICATED,
@@ -34,6 +34,7 @@ from robaudit.grading import (
     family_sizes,
 )
 from robaudit.models import load_model
+from robaudit.models.fuse import folded
 from robaudit.models.zoo import is_hardened_name
 
 AUDIT_KIND = "audit"
@@ -270,15 +271,16 @@ def transfer_matrices(done: list[Cell], recipe: AuditRecipe) -> list[dict]:
                 key = spec.model or spec.checkpoint  # checkpoints have no zoo name: one cache entry per file
                 if key not in models_cache:
                     kw = spec.ref().load_kwargs()
-                    models_cache[key] = load_model(kw.pop("model"), device=spec.device, task=spec.data, **kw)
-                lm = models_cache[key]
+                    m = load_model(kw.pop("model"), device=spec.device, task=spec.data, **kw)
+                    models_cache[key] = m, folded(m.module, m.channels, m.card.input_size, m.device)
+                lm, fast = models_cache[key]
                 size = lm.card.input_size
                 task = load_task(spec.data or lm.card.task, size=size)
                 x, _ = task.tensors(spec.split, size=size, limit=spec.eval_limit, seed=spec.seed)
                 vb = v if v.shape[-1] == size else project(resize_batch(v, size), norm, b_cell.result.attack.eps)
                 with np.load(b_cell.dir / "predictions.npz") as z:
                     clean = torch.from_numpy(z["clean"])
-                adv = predict(lm.module, x, vb, clip=spec.clip, batch_size=256, device=lm.device)
+                adv = predict_as_measured(lm, x, vb, spec.clip, fast)
                 row.append(float((adv != clean).float().mean()))
             values.append(row)
         out.append({"title": f"{data_name} | source {source} | {norm} zeta={zeta:g} | {method}",

@@ -100,14 +100,16 @@ def measure_delivery(prep, v: torch.Tensor, noises: torch.Tensor | None, median:
     side, q, size = stored_side(task, spec.split, prep.size), quality(spec.delivery), prep.size
     xs = stored_eval_images(task, spec, side, v.shape[1])  # x_eval's images, stored
 
+    net = prep.fast if prep.fast is not None else lm.module  # batch norm folded (models/fuse.py)
+
     def delivered_pred(pert: torch.Tensor | None) -> np.ndarray:
-        return delivered_predictions(lm.module, xs, [pert], grey=bool(getattr(task, "is_grey", False)), q=q,
+        return delivered_predictions(net, xs, [pert], grey=bool(getattr(task, "is_grey", False)), q=q,
                                      input_size=size, channels=lm.channels, device=lm.device)[0]
 
     clean = delivered_pred(None)
     adv = delivered_pred(v)
     hit = success_vector(clean, adv, prep.target).astype(bool)
-    at_input = predict(lm.module, prep.x_eval, None, clip=spec.clip, batch_size=256, device=lm.device).numpy()
+    at_input = predict(net, prep.x_eval, None, clip=spec.clip, batch_size=256, device=lm.device).numpy()
     ctrl_rate = p = None
     if noises is not None and len(noises):
         draws = [median] + [i for i in range(min(5, len(noises))) if i != median] if median is not None \
@@ -173,7 +175,7 @@ def build_eot(prep, quiet: bool) -> UAPOutcome:
          + (f", JPEG q{max(1, q - Q_BELOW)}-{min(100, q + Q_ABOVE)}" if q else "") + f"), {steps} steps of {b} "
          f"of {len(x)} attacker images at {side} px")
     gen = torch.Generator().manual_seed(spec.seed)
-    net = lm.module
+    net = prep.fast if prep.fast is not None else lm.module
     dev = lm.device
     with torch.inference_mode():
         y = torch.cat([net(to_channels(resize_batch(x[i:i + 256], size), lm.channels).to(dev)).argmax(1).cpu()

@@ -65,6 +65,7 @@ from robaudit.eval.query import build_query, threat_notes, threat_update
 from robaudit.eval.sources import in_channels, tensor_source, uap_source
 from robaudit.models import LoadedModel, load_model, load_model_and_task
 from robaudit.models.factory import imagenet_classifier
+from robaudit.models.fuse import folded
 from robaudit.models.loading import match_task
 from robaudit.models.normalize import Normalized, channels_last_model, fast_model
 from robaudit.models.store import is_trained
@@ -106,7 +107,8 @@ class Prepared:
     init: torch.Tensor | None
     group: DistributedGroup | None
     budget: int | None = None
-    builder: torch.nn.Module | None = None  # set by prepare: the audited model, or a surrogate
+    builder: torch.nn.Module | None = None  # set by prepare: the audited model, or a surrogate (batch norm folded)
+    fast: torch.nn.Module | None = None  # the audited model, batch norm folded (models/fuse.py): selection, measure
     surrogate: str | None = None
     select_split: str | None = None
     select_score: object = None  # v -> success rate on the selection images
@@ -210,6 +212,7 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
         checked = _check(spec, lm, task, x_eval, y_eval)
     else:
         builder, surrogate = _surrogate(spec, lm)
+    builder = folded(builder, ch, size, lm.device)
     budget = spec.resolved_budget(lm.device.type) if given.photos is None else None
     if given.photos is not None:
         src = tensor_source(given.photos, size)
@@ -230,7 +233,8 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
         raise BadInput(f"initial perturbation has shape {tuple(init.shape)}, the model needs (1, {ch}, {size}, "
                        f"{size})")
     prep = Prepared(spec, lm, task, target, eps, ref_norm, x_eval, y_eval, source, src.n, src.description, init,
-                    group, budget=budget, builder=builder, surrogate=surrogate, checked=checked)
+                    group, budget=budget, builder=builder, surrogate=surrogate, checked=checked,
+                    fast=builder if surrogate is None else None)
     if spec.access == "query":  # the attacker chooses v on what it sees: photos, through the oracle (eval/query)
         prep.held_out = src.held_out
     elif surrogate is not None and src.held_out is not None:
@@ -247,7 +251,7 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
         if len(x_sel) < MIN_SELECT:
             warn(f"v is chosen on only {len(x_sel)} {split} images (fewer than {MIN_SELECT}): the selection is "
                  "noisy; give the data a larger val split, or select='none'")
-        prep.select_score = _scorer(lm.module, x_sel, target, spec.clip, lm.device)
+        prep.select_score = _scorer(prep.fast, x_sel, target, spec.clip, lm.device)
     return prep
 
 
@@ -300,6 +304,17 @@ def _surrogate(spec: UAPSpec, lm: LoadedModel) -> tuple[torch.nn.Module, str]:
 #: images per forward pass of a selection check: large on a GPU; on CPU a cache-sized batch is faster
 #: (lite0 at 64 px, 1 thread: 530 images/s at 32 against 300 at 256; benchmarks/README.md "Time to verdict")
 CHECK_BATCH = {"cuda": 256, "cpu": 32}
+
+
+def predict_as_measured(lm: LoadedModel, x: torch.Tensor, v: torch.Tensor | None, clip: bool,
+                        fast: torch.nn.Module | None = None) -> torch.Tensor:
+    """Predictions on ``x + v`` through the path ``measure`` takes (the batch-norm-folded model, channels-last,
+    the device's check batch), so that a rate computed elsewhere (a transfer matrix's diagonal) equals the
+    cell's own to the image."""
+    net = fast if fast is not None else folded(lm.module, lm.channels, lm.card.input_size, lm.device)
+    with channels_last_model(net) as cl:
+        return predict(cl, x, v, clip=clip, batch_size=CHECK_BATCH.get(torch.device(lm.device).type, 64),
+                       device=lm.device)
 
 
 def _scorer(model: torch.nn.Module, x: torch.Tensor, target: int | None, clip: bool, device):
@@ -404,6 +419,8 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
     if prep.surrogate is not None:  # v is fixed: now the audited model may be asked
         _probe(lm, prep.x_eval)
         prep.checked = _check(spec, lm, prep.task, prep.x_eval, prep.y_eval)
+    if prep.fast is None:
+        prep.fast = folded(lm.module, lm.channels, prep.size, lm.device)
     achieved = float(lp_norm(v, spec.norm).item())
     noises = torch.empty(0, *v.shape[1:])
     if spec.controls > 0:
@@ -420,7 +437,7 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
     # kernels and batches (a borderline image cannot count as fooled by rounding alone)
     draws = [None, v, *(n[None] for n in noises), *snapshots]
     batch = CHECK_BATCH.get(torch.device(lm.device).type, 64)
-    with channels_last_model(lm.module) as net:
+    with channels_last_model(prep.fast) as net:
         preds, scores = score_draws(net, prep.x_eval, draws, clip=spec.clip, batch_size=batch, device=lm.device)
     k = 2 + len(noises)
     clean, adv = preds[0], preds[1]
