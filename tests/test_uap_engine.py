@@ -317,12 +317,12 @@ def _first(k: int, n: int = 256):
     return np.arange(n) < k
 
 
-def _stops_at(counts: list[int], rule) -> int | None:
+def _stops_at(counts: list[int], rule, stop_after: int = 0, patience: int | None = None) -> int | None:
     """Feed a Selection checks whose v fools the first ``counts[j]`` images; the check it stopped at."""
     from robaudit.attacks.uap import Plateau, Selection
 
     answers = iter(counts)
-    sel = Selection(lambda v: _first(next(answers)), every=1, rule=rule)
+    sel = Selection(lambda v: _first(next(answers)), every=1, rule=rule, stop_after=stop_after, patience=patience)
     for j in range(len(counts)):
         try:
             sel.check(torch.zeros(1), j + 1)
@@ -351,6 +351,22 @@ def test_stop_rule_stops_on_a_flat_trajectory_not_on_a_rising_one():
     assert _stops_at(list(range(60, 120, 3)), rule) is None
     # with a looser delta the same slow rise stops as soon as the window is full
     assert _stops_at(list(range(60, 120, 3)), StopRule(window=3, delta=0.05, confidence=0.9)) == 4
+
+
+def test_no_stop_before_the_floor_so_a_flat_then_jumping_build_reaches_its_jump():
+    """The X-ray case (audit quick, 0.7): flat for checks 1-6, then the jump; the rule alone stops at check 5,
+    before it; with the floor at 7 views neither the rule nor patience stops before the jump, and a flat build
+    still stops at the floor."""
+    from robaudit.attacks.uap import StopRule
+    from robaudit.core.specs import UAPConfig
+
+    rule = StopRule(window=4, delta=0.01, confidence=0.9)
+    flat_then_jump = [40, 30, 31, 30, 32, 31, 120, 170, 166]
+    assert _stops_at(flat_then_jump, rule) == 5
+    assert _stops_at(flat_then_jump, rule, stop_after=7) is None
+    assert _stops_at(flat_then_jump, None, stop_after=7, patience=2) is None
+    assert _stops_at([40] * 12, rule, stop_after=7) == 7
+    assert UAPConfig().stop_after == 2000  # the whole CPU budget
 
 
 def test_race_drops_the_loser_and_records_rungs(model, data_root):

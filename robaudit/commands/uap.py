@@ -56,6 +56,7 @@ def uap(
     select_every: Annotated[Optional[int], _o(S, "select_every")] = _d(S, "select_every"),
     patience: Annotated[Optional[int], _o(S, "patience")] = _d(S, "patience"),
     stop_delta: Annotated[float, _o(S, "stop_delta")] = _d(S, "stop_delta"),
+    stop_after: Annotated[int, _o(S, "stop_after")] = _d(S, "stop_after"),
     stop_window: Annotated[int, _o(S, "stop_window")] = _d(S, "stop_window"),
     stop_confidence: Annotated[float, _o(S, "stop_confidence")] = _d(S, "stop_confidence"),
     race_rung: Annotated[Optional[int], _o(S, "race_rung")] = _d(S, "race_rung"),

@@ -260,6 +260,8 @@ class StopRuleInfo(_Model):
     window: int = Field(ge=1)
     delta: Fraction
     confidence: Fraction
+    after: int | None = Field(default=None, ge=0, description="views before which neither the rule nor patience "
+                              "stops a build (None in results before 0.7)")
 
 
 class RungResult(_Model):

@@ -46,8 +46,9 @@ STREAM_CHUNK = 500
 #: bumped when the engine's numbers for an unchanged spec change, so cached cells are not reused
 #: (2: batched fgsm's linear step schedule and channels-last execution; 3: augmented photo streams,
 #: selection on held-out medical images, strongest-of; 4: racing in best (fgsm, sgd, perphoto), the
-#: statistical stop rule instead of patience 6, 256 selection images)
-ENGINE_REVISION = 4
+#: statistical stop rule instead of patience 6, 256 selection images; 5: batch norm folded into the
+#: convolutions for the build and the measure (float rounding only), no stop before ``stop_after`` views)
+ENGINE_REVISION = 5
 #: methods `best` races (successive halving; benchmarks/README.md "Time to verdict")
 BEST_OF = ("fgsm", "sgd", "perphoto")
 
@@ -112,6 +113,9 @@ class UAPConfig(BaseModel):
                                  "stop rule alone)")
     stop_delta: Fraction = Field(0.01, description="stop once the best v's gain over the last --stop-window checks "
                                  "is below this (selection rate) at --stop-confidence; 0: run the whole budget")
+    stop_after: int = Field(2000, ge=0, description="views before which neither the stop rule nor patience ends a "
+                            "build: fgsm's selection rate on the X-rays can stay flat for 1,500 views and then jump "
+                            "(0.12 -> 0.65); the default is the whole CPU budget")
     stop_window: int = Field(4, ge=1, le=100, description="selection checks the stop rule's gain is measured over")
     stop_confidence: float = Field(0.9, gt=0, lt=1, description="confidence of the stop rule's upper bound on the "
                                      "gain (exact, paired on the selection images)")
@@ -245,10 +249,10 @@ class ModelRef(BaseModel):
 
 #: ModelRef fields added after 0.4: hashed only when set, so unchanged specs keep their cache keys
 _NEW_KEYS = ("arch_kwargs", "mean", "std", "input_size", "channels", "classes", "critical_class")
-#: threat-model settings (issue 26) and their defaults: hashed only when not default, so unchanged specs keep
-#: their cache keys
+#: settings added since 0.6 (threat models, the stop floor) and their defaults: hashed only when not default, so
+#: unchanged specs keep their cache keys
 _THREAT_KEYS = {"access": "white-box", "query_output": "scores", "query_budget": None, "delivery": "input",
-                "eot": False}
+                "eot": False, "stop_after": 2000}
 #: images a query-only attacker may forward by default (U-SimBA's rounds; benchmarks/README.md "Threat models")
 DEFAULT_QUERY_BUDGET = {"cpu": 100_000, "cuda": 2_000_000}
 

@@ -372,7 +372,7 @@ def _entrant(prep: Prepared, net: torch.nn.Module, method: str, mode: str, seed:
     if prep.select_score is not None:
         rule = StopRule(spec.stop_window, spec.stop_delta, spec.stop_confidence) if spec.stop_delta > 0 else None
         selection = Selection(prep.select_score, every=every, patience=spec.patience, rule=rule, keep=True,
-                              clock=lambda: time.perf_counter() - start)
+                              clock=lambda: time.perf_counter() - start, stop_after=spec.stop_after)
     max_iter = spec.default_max_iter()
     bar = prog.add_task(f"UAP {method}/{mode} on {spec.source}" + (f" seed {seed}" if spec.restarts > 1 else ""),
                         total=max_iter * prep.source_n, status="")
@@ -533,7 +533,7 @@ def _selection_info(prep: Prepared, outcome: UAPOutcome) -> SelectionInfo | None
     rule = sel.rule
     return SelectionInfo(split=prep.select_split, n=prep.select_n, every=sel.every, patience=sel.patience,
                          best_rate=sel.best_rate, best_at=sel.best_at, final_rate=final, plateau=outcome.plateau,
-                         stop_rule=StopRuleInfo(**rule.info()) if rule is not None else None,
+                         stop_rule=StopRuleInfo(**rule.info(), after=sel.stop_after) if rule is not None else None,
                          stop_reason=sel.stop_reason if outcome.plateau else None,
                          race_rungs=race.get("rungs", []), check_seconds=race.get("check_seconds"),
                          build_seconds=race.get("seconds"),

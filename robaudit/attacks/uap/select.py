@@ -84,6 +84,7 @@ class Selection:
     upper_gains: list[float | None] = field(default_factory=list)  # the stop rule's bound at each check
     successes: list[np.ndarray] = field(default_factory=list)  # per-image success of every checked v (``keep``)
     stop_reason: str | None = None
+    stop_after: int = 0  # images seen before which neither the rule nor patience stops (the flat-then-jump case)
 
     def __post_init__(self):
         self._next, self._stale, self._t0 = self.every, 0, time.perf_counter()
@@ -122,6 +123,8 @@ class Selection:
         if self.rule is not None and len(self._best_hist) > self.rule.window and success.size:
             bound = self.rule.upper_gain(self._best_hist[-1], self._best_hist[-1 - self.rule.window])
         self.upper_gains.append(bound)
+        if images_seen < self.stop_after:
+            return
         if bound is not None and bound < self.rule.delta:
             self.stop_reason = (f"gain of the best v over the last {self.rule.window} checks <= {bound:.3f} at "
                                 f"{self.rule.confidence:.0%} confidence (< delta {self.rule.delta:g})")
