@@ -92,6 +92,29 @@ def test_same_seed_same_perturbation(finetuned, tmp_path):
     assert a.result.metrics == b.result.metrics
 
 
+def test_an_audits_memo_gives_the_same_result_and_computes_shared_rows_once(finetuned, monkeypatch):
+    """Two cells on one model that differ in source share clean predictions, the model check and (linf) the noise
+    draws: with the memo the second cell's results equal a fresh run's, and it runs neither again."""
+    import robaudit.eval.run as run_mod
+    from robaudit.eval.run import Given, Memo
+
+    small = COMMON | dict(source_limit=48, eval_limit=40, max_iter=1, controls=3, norm="linf")
+    specs = [make_spec(model=MODEL, **small), make_spec(model=MODEL, **(small | dict(source="train")))]
+    fresh = [run_uap(s, quiet=True).result for s in specs]
+    memo = Memo()
+    run_uap(specs[0], quiet=True, given=Given(memo=memo))
+    assert len(memo.checks) == 1 and len(memo.draws) == 2  # the clean row, the 3 noise rows
+    checks, draws = [], []
+    check, score = run_mod.check_model, run_mod.score_draws
+    monkeypatch.setattr(run_mod, "check_model", lambda *a, **k: checks.append(1) or check(*a, **k))
+    monkeypatch.setattr(run_mod, "score_draws", lambda net, x, vs, **k: draws.append(len(vs)) or score(net, x, vs, **k))
+    again = run_uap(specs[1], quiet=True, given=Given(memo=memo)).result
+    assert checks == [] and draws == [1]  # v alone (select none: no trajectory)
+    assert again.metrics == fresh[1].metrics and again.control == fresh[1].control
+    assert again.comparison == fresh[1].comparison and again.control.fooling_rate.draws == \
+        fresh[0].control.fooling_rate.draws  # linf: the same noise as the first cell's
+
+
 def test_cli_json_prints_only_json(finetuned, tmp_path, capsys):
     code = main(["uap", "--model", MODEL, "--source", "natural", "--source-limit", "32", "--eval-limit", "32",
                  "--max-iter", "1", "--controls", "2", "--norm", "linf", "--zeta", "0.02", "--device", "cpu",

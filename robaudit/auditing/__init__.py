@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from robaudit.auditing.cells import Cell, load_cached, make_cell, record_error, run_cell
+from robaudit.auditing.cells import Cell, Memo, load_cached, make_cell, record_error, run_cell
 from robaudit.auditing.mitigation import harden_recipe_models
 from robaudit.auditing.ray_executor import run_cells_ray, train_models_ray
 from robaudit.auditing.recipes import AuditRecipe, load_recipe, recipe_names
@@ -100,12 +100,13 @@ def _run_locked(recipe: AuditRecipe, out_dir: Path, recipe_text: str, resume: bo
     if executor == "ray":
         run_cells_ray(todo, address=address, quiet=quiet)
     else:
+        memo = Memo()
         with progress(disable=quiet) as prog:
             bar = prog.add_task(f"audit {recipe.name}", total=len(cells), completed=len(cells) - len(todo),
                                 status=f"{len(cells) - len(todo)} cached" if len(todo) < len(cells) else "")
             for cell in todo:
                 prog.update(bar, status=cell.label)
-                run_cell(cell)
+                run_cell(cell, memo)
                 if cell.error:
                     warn(f"cell {cell.key} failed: {cell.error}")
                 prog.advance(bar)

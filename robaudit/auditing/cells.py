@@ -12,7 +12,7 @@ from robaudit.core.errors import Interrupted, RobauditError
 from robaudit.core.files import atomic_write_text, read_json
 from robaudit.core.results import Rate, Result, success_vector
 from robaudit.core.specs import UAPSpec
-from robaudit.eval.run import run_uap
+from robaudit.eval.run import Given, Memo, run_uap
 
 
 @dataclass
@@ -64,10 +64,11 @@ def load_cached(cell: Cell) -> bool:
     return True
 
 
-def run_cell(cell: Cell) -> Cell:
-    """Run one cell; a user-facing error is recorded in ``error.json`` and the audit carries on."""
+def run_cell(cell: Cell, memo: Memo | None = None) -> Cell:
+    """Run one cell; a user-facing error is recorded in ``error.json`` and the audit carries on. ``memo``: what
+    the audit's cells share (clean and noise predictions, the model check; eval/run.py)."""
     try:
-        cell.result = run_uap(cell.spec, out_dir=cell.dir, quiet=True).result
+        cell.result = run_uap(cell.spec, out_dir=cell.dir, quiet=True, given=Given(memo=memo)).result
         (cell.dir / "error.json").unlink(missing_ok=True)
     except (KeyboardInterrupt, Interrupted):
         raise

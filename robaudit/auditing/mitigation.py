@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from robaudit.attacks.persample import run_attack
-from robaudit.auditing.cells import load_cached, make_cell, run_cell
+from robaudit.auditing.cells import Memo, load_cached, make_cell, run_cell
 from robaudit.auditing.mitigation_stats import (
     TABLE,
     THREATS,
@@ -96,6 +96,7 @@ def compare_hardened(original: str | None, out_dir: Path, config: ReauditConfig 
         t0 = time.time()
         pairs = []
         cells = []
+        memo = Memo()  # the original's and the hardened model's clean and noise rows, shared by their threats
         with progress(disable=quiet) as prog:
             bar = prog.add_task(f"re-audit {lm.card.name}", total=2 * len(specs), status="")
             for threat, so, sh in specs:
@@ -104,7 +105,7 @@ def compare_hardened(original: str | None, out_dir: Path, config: ReauditConfig 
                     cell = make_cell(spec, out_dir)
                     if not (resume and load_cached(cell)):
                         prog.update(bar, status=f"{threat} on {spec.model or 'checkpoint'}")
-                        run_cell(cell)
+                        run_cell(cell, memo)
                         if cell.error:
                             warn(f"cell {cell.label} failed: {cell.error}")
                     prog.advance(bar)

@@ -9,7 +9,7 @@ assembles the versioned :class:`~robaudit.core.results.Result`; ``write`` fills 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -120,6 +120,7 @@ class Prepared:
     checked: ModelCheck | None = None  # the pre-audit check on the evaluated images
     held_out: torch.Tensor | None = None  # query access: photos the attacker chooses v on, through the oracle
     query: dict | None = None  # query access: budget, queries used (eval/query.py)
+    memo: Memo | None = None  # an audit's shared clean/noise predictions and checks
 
     @property
     def size(self) -> int:
@@ -142,12 +143,32 @@ class Measured:
 
 
 @dataclass
+class Memo:
+    """What the cells of one audit share. The same model on the same evaluation images gives the same clean
+    predictions, the same pre-audit check and, for the same norm, eps and seed, the same noise controls: an
+    audit's cells that differ only in source or method compute them once (audit quick: 12 of its 18 cells).
+    Keys hold the model's weights hash and preprocessing and a checksum of the images, never a name alone."""
+
+    draws: dict = field(default_factory=dict)  # (model, images, clip[, noise]) -> (preds, scores), (K, N) each
+    checks: dict = field(default_factory=dict)  # (model, images) -> ModelCheck
+
+
+@dataclass
 class Given:
-    """What a library call hands over instead of names: a live model, in-memory data, photos as a tensor."""
+    """What a library call hands over instead of names: a live model, in-memory data, photos as a tensor;
+    an audit hands its :class:`Memo`."""
 
     model: LoadedModel | None = None
     task: object = None  # robaudit.data.TaskData
     photos: torch.Tensor | None = None
+    memo: Memo | None = None
+
+
+def _memo_key(lm: LoadedModel, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    card = lm.card
+    return (card.name, card.weights_sha256, tuple(lm.mean), tuple(lm.std), card.input_size, lm.channels,
+            str(lm.device), tuple(x.shape), float(x.double().sum()), float((x.double() ** 2).sum()),
+            tuple(y.tolist()))
 
 
 def run_uap(spec: UAPSpec, out_dir: Path | None = None, quiet: bool = False, init=None,
@@ -209,7 +230,7 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
     builder, surrogate, checked = lm.module, None, None
     if spec.surrogate is None:  # a zero-knowledge build must not touch the audited model before v is fixed
         _probe(lm, x_eval)
-        checked = _check(spec, lm, task, x_eval, y_eval)
+        checked = _check(spec, lm, task, x_eval, y_eval, given.memo)
     else:
         builder, surrogate = _surrogate(spec, lm)
     builder = folded(builder, ch, size, lm.device)
@@ -234,7 +255,7 @@ def prepare(spec: UAPSpec, out_dir: Path | None, init=None, given: Given | None 
                        f"{size})")
     prep = Prepared(spec, lm, task, target, eps, ref_norm, x_eval, y_eval, source, src.n, src.description, init,
                     group, budget=budget, builder=builder, surrogate=surrogate, checked=checked,
-                    fast=builder if surrogate is None else None)
+                    fast=builder if surrogate is None else None, memo=given.memo)
     if spec.access == "query":  # the attacker chooses v on what it sees: photos, through the oracle (eval/query)
         prep.held_out = src.held_out
     elif surrogate is not None and src.held_out is not None:
@@ -267,9 +288,15 @@ def _photo_fallback(spec: UAPSpec) -> UAPSpec:
     return spec.model_copy(update={"source": "natural"})
 
 
-def _check(spec: UAPSpec, lm: LoadedModel, task, x: torch.Tensor, y: torch.Tensor) -> ModelCheck:
+def _check(spec: UAPSpec, lm: LoadedModel, task, x: torch.Tensor, y: torch.Tensor, memo: Memo | None = None
+           ) -> ModelCheck:
     """``robaudit models check`` on the evaluated images: its warnings said, a below-chance model refused."""
-    chk = check_model(lm, task, spec.split, x=x, y=y)
+    key = (_memo_key(lm, x, y), task.full_name, spec.split) if memo is not None else None
+    chk = memo.checks.get(key) if memo is not None else None
+    if chk is None:
+        chk = check_model(lm, task, spec.split, x=x, y=y)
+        if memo is not None:
+            memo.checks[key] = chk
     if chk.below_chance and not spec.force:
         raise chk.refusal()
     for w in chk.warnings:
@@ -418,11 +445,11 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
     spec, lm = prep.spec, prep.lm
     if prep.surrogate is not None:  # v is fixed: now the audited model may be asked
         _probe(lm, prep.x_eval)
-        prep.checked = _check(spec, lm, prep.task, prep.x_eval, prep.y_eval)
+        prep.checked = _check(spec, lm, prep.task, prep.x_eval, prep.y_eval, prep.memo)
     if prep.fast is None:
         prep.fast = folded(lm.module, lm.channels, prep.size, lm.device)
     achieved = float(lp_norm(v, spec.norm).item())
-    noises = torch.empty(0, *v.shape[1:])
+    noises, noise_norm = torch.empty(0, *v.shape[1:]), None
     if spec.controls > 0:
         gen = torch.Generator().manual_seed(spec.seed + 7919)
         noise_norm = prep.eps if spec.norm == "linf" else achieved
@@ -435,10 +462,7 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
     # NCHW passes at batch 256 on CPU (benchmarks/README.md "Measuring the verdict"). Clean is recomputed here
     # rather than taken from the model check, so that every draw is judged against predictions from the same
     # kernels and batches (a borderline image cannot count as fooled by rounding alone)
-    draws = [None, v, *(n[None] for n in noises), *snapshots]
-    batch = CHECK_BATCH.get(torch.device(lm.device).type, 64)
-    with channels_last_model(prep.fast) as net:
-        preds, scores = score_draws(net, prep.x_eval, draws, clip=spec.clip, batch_size=batch, device=lm.device)
+    preds, scores = _score(prep, v, list(noises), snapshots, noise_norm)
     k = 2 + len(noises)
     clean, adv = preds[0], preds[1]
     metrics = uap_metrics(clean, adv, prep.y_eval, lm.classes, target=prep.target)
@@ -455,6 +479,42 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
     if sel is not None:  # each checked v on the reported split: the trajectory's test rates
         prep.test_rates = [float(success_vector(clean.numpy(), p.numpy(), prep.target).mean()) for p in preds[k:]]
     return Measured(clean, adv, metrics, achieved, control, comparison, records)
+
+
+def _score(prep: Prepared, v: torch.Tensor, noises: list[torch.Tensor], snapshots: list[torch.Tensor],
+           noise_norm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and scores (K, N) for clean, v, each noise draw and each snapshot, in that order. Each draw is
+    run on its own per batch, so the clean and noise rows an earlier cell of the audit computed for the same
+    model, images, norm, eps and seed (``prep.memo``) are those this pass would compute, and are reused."""
+    spec, lm = prep.spec, prep.lm
+    memo = prep.memo
+    base = (_memo_key(lm, prep.x_eval, prep.y_eval), spec.clip) if memo is not None else None
+    nkey = base + (spec.norm, noise_norm, spec.controls, spec.control_kind, spec.seed) \
+        if base is not None and noises else None
+    clean = memo.draws.get(base) if memo is not None else None
+    noise = memo.draws.get(nkey) if nkey is not None else None
+    draws = ([None] if clean is None else []) + [v] + ([n[None] for n in noises] if noise is None else []) + snapshots
+    batch = CHECK_BATCH.get(torch.device(lm.device).type, 64)
+    with channels_last_model(prep.fast) as net:
+        got = score_draws(net, prep.x_eval, draws, clip=spec.clip, batch_size=batch, device=lm.device)
+    rows = [list(t.unbind(0)) for t in got]  # per draw, for preds and scores
+    i = 0
+    if clean is None:
+        clean = (rows[0][0][None], rows[1][0][None])
+        i = 1
+    v_rows = (rows[0][i][None], rows[1][i][None])
+    i += 1
+    if noise is None:
+        j = i + len(noises)
+        noise = (torch.stack(rows[0][i:j]) if noises else torch.empty(0, len(prep.x_eval), dtype=torch.long),
+                 torch.stack(rows[1][i:j]) if noises else torch.empty(0, len(prep.x_eval)))
+        i = j
+    snaps = [torch.stack(r[i:]) if len(r) > i else r[0][None][:0] for r in rows]
+    if memo is not None:
+        memo.draws[base] = clean
+        if nkey is not None:
+            memo.draws[nkey] = noise
+    return tuple(torch.cat([c, a, n, s]) for c, a, n, s in zip(clean, v_rows, noise, snaps, strict=True))
 
 
 def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> Result:
