@@ -70,6 +70,8 @@ from robaudit.models.loading import match_task
 from robaudit.models.normalize import Normalized, channels_last_model, fast_model
 from robaudit.models.store import is_trained
 
+#: |v's L2 norm - eps| below this share of eps: v is on the ball's sphere, and its noise is drawn at eps
+ON_SPHERE = 1e-5
 #: fewer selection images than this: v's choice is noise-dominated (a warning, with the number)
 MIN_SELECT = 32
 
@@ -452,7 +454,10 @@ def measure(prep: Prepared, v: torch.Tensor) -> Measured:
     noises, noise_norm = torch.empty(0, *v.shape[1:]), None
     if spec.controls > 0:
         gen = torch.Generator().manual_seed(spec.seed + 7919)
-        noise_norm = prep.eps if spec.norm == "linf" else achieved
+        # L2: v's own norm; the ball's radius when v sits on its sphere (to float32 rounding), so cells whose v
+        # fill the ball draw the same noise and an audit's memo computes it once
+        on_sphere = spec.norm == "linf" or abs(achieved - prep.eps) <= ON_SPHERE * prep.eps
+        noise_norm = prep.eps if on_sphere else achieved
         noises = random_controls(tuple(v.shape[1:]), spec.norm, noise_norm, spec.controls, kind=spec.control_kind,
                                  generator=gen)
     sel = prep.outcome.selection if prep.outcome is not None else None
