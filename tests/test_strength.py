@@ -120,12 +120,14 @@ def test_stop_rule_ends_a_flat_build_early_and_says_why(finetuned):
     draw: at zeta 0.05 % a v of that norm moves at most an image or two of the 64 selection images across the
     boundary, and the paired bound over the window is then at most 1/64 < delta 0.02, so the build stops at the
     first check where the rule can be read (window + 1). (A real build rising by one image per check on 64
-    selection images keeps going at the default delta 0.01.)"""
+    selection images keeps going at the default delta 0.01.) The floor is lowered to 0 here: by default no build
+    stops before 2,000 views (``stop_after``), which is this whole budget."""
     spec = make_spec(model=MODEL, norm="linf", method="sgd", budget=2000, select_every=128, source_limit=64,
-                     stop_delta=0.02, stop_window=3, **{**SMALL, "zeta": 0.0005})
+                     stop_delta=0.02, stop_window=3, stop_after=0, **{**SMALL, "zeta": 0.0005})
     r = run_uap(spec, quiet=True).result
     sel = r.attack.selection
     assert sel.plateau and sel.stop_rule.window == spec.stop_window and sel.stop_rule.delta == spec.stop_delta
+    assert sel.stop_rule.after == 0
     assert r.attack.candidates == [] and len(sel.trajectory) == spec.stop_window + 1
     assert sel.trajectory[-1].images < 2000 / 3
     assert "confidence" in sel.stop_reason and sel.trajectory[-1].upper_gain <= 1 / 64 < spec.stop_delta
