@@ -29,8 +29,9 @@ def _replacement(bn: nn.Module) -> nn.Module | None:
     return None
 
 
-def _pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
-    """(conv, bn) names where the batch norm's input is that convolution's output, each called once."""
+def _pairs(model: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[str, str]], torch.Tensor]:
+    """(conv, bn) names where the batch norm's input is that convolution's output, each called once; and the
+    model's logits on the probe (the reference the folded copy must match)."""
     outputs: dict[str, object] = {}
     calls: dict[str, int] = {}
     inputs: dict[str, object] = {}
@@ -49,12 +50,12 @@ def _pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
             hooks.append(mod.register_forward_pre_hook(on_bn))
     try:
         with torch.no_grad():
-            model(probe)
+            want = logits_of(model(probe)).float()
     finally:
         for h in hooks:
             h.remove()
     by_output = {id(out): name for name, out in outputs.items() if calls[name] == 1}
-    return [(by_output[id(x)], bn) for bn, x in inputs.items() if calls[bn] == 1 and id(x) in by_output]
+    return [(by_output[id(x)], bn) for bn, x in inputs.items() if calls[bn] == 1 and id(x) in by_output], want
 
 
 def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, int]:
@@ -63,7 +64,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, in
     rounding (a convolution's output also used elsewhere, say): the fold is an optimisation, never a change."""
     if model.training:
         return model, 0
-    pairs = _pairs(model, probe)
+    pairs, want = _pairs(model, probe)
     if not pairs:
         return model, 0
     folded = copy.deepcopy(model)
@@ -85,16 +86,11 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, in
     if n == 0:
         return model, 0
     with torch.no_grad():
-        want, got = model(probe), folded(probe)
-    want, got = _logits(want), _logits(got)
+        got = logits_of(folded(probe)).float()
     if want.shape != got.shape or not torch.isfinite(got).all() or \
             (want - got).abs().max() > ATOL + RTOL * want.abs().max():
         return model, 0
     return folded, n
-
-
-def _logits(out) -> torch.Tensor:
-    return logits_of(out).float()
 
 
 def folded(model: nn.Module, channels: int, size: int, device) -> nn.Module:
