@@ -114,6 +114,34 @@ def test_best_races_the_methods_and_records_every_rung(finetuned, tmp_path):
     assert a.selection.check_seconds > 0 and a.selection.build_seconds >= winner.seconds
 
 
+def test_toward_classes_races_a_build_per_class_judged_by_the_non_targeted_rate(finetuned, tmp_path):
+    """``--toward-classes`` makes a non-targeted best race sgd builds: the non-targeted one and one toward each
+    class. The cell stays non-targeted: every candidate, the directed ones too, is ranked by the non-targeted
+    rate on the selection split, and the kept v's rate, rescored independently, is the winner's. The first cut
+    sits at half the budget (a build toward the right class starts slowest), and the option is hashed only when
+    on."""
+    args = ["uap", "--model", MODEL, "--source", "imagenet", "--norm", "linf", "--budget", "512",
+            "--select-every", "64", "--source-limit", "64", "--eval-limit", "64", "--select-limit", "64",
+            "--controls", "1", "--device", "cpu", "--no-report", "--seed", "2", "--stop-delta", "0"]
+    assert main([*args, "--toward-classes", "--out", str(tmp_path)]) == 0
+    from robaudit.core.results import load_result
+
+    r = load_result(tmp_path / "result.json")
+    a = r.attack
+    assert [(c.method, c.toward) for c in a.candidates] == [("sgd", None), ("sgd", "normal"), ("sgd", "pneumonia")]
+    assert a.selection.race_rungs == [256]  # half the budget (a quarter would be 128): the only cut before the end
+    assert not a.targeted and a.target is None
+    [winner] = [c for c in a.candidates if c.chosen]
+    finalists = [c for c in a.candidates if c.dropped_at is None]
+    assert winner.selection_rate == a.selection.best_rate == max(c.selection_rate for c in finalists)
+    spec = make_spec(model=MODEL, norm="linf", seed=2, toward_classes=True, **SMALL)
+    kept = torch.from_numpy(np.load(tmp_path / "uap.npy"))
+    assert _selection_rate(kept, spec, r) == pytest.approx(a.selection.best_rate, abs=1e-12)
+    off = make_spec(model=MODEL, norm="linf", seed=2, **SMALL)
+    assert spec.cache_key() != off.cache_key()
+    assert off.cache_key() == make_spec(model=MODEL, norm="linf", seed=2, toward_classes=False, **SMALL).cache_key()
+
+
 def test_stop_rule_ends_a_flat_build_early_and_says_why(finetuned):
     """A build whose best v barely moves is ended by the stop rule well before its budget, and the result records
     the rule, the reason and each check's bound. Flat by construction, so the test does not hinge on one training

@@ -132,6 +132,8 @@ class AuditRecipe(_Strict):
     select_limit: int = Field(128, ge=8)
     patience: int | None = Field(6, ge=1)
     restarts: int = Field(1, ge=1, le=20)
+    toward_classes: bool = Field(False, description="best, non-targeted cells: also race an sgd build toward each "
+                                 "class (see robaudit uap --toward-classes)")
     surrogates: list[str] = Field(default_factory=list, description="zero-knowledge cells: for every model and "
                                   "photo source, a non-targeted UAP built on each surrogate ('pretrained' = the public "
                                   "ImageNet model of the model's arch, or a zoo name / checkpoint)")
@@ -251,7 +253,7 @@ class AuditRecipe(_Strict):
     def _attacker(self) -> dict:
         """The attacker settings every cell shares (photo budget, selection, restarts)."""
         return dict(augment=self.augment, budget=self.budget, select=self.select, select_limit=self.select_limit,
-                    patience=self.patience, restarts=self.restarts)
+                    patience=self.patience, restarts=self.restarts, toward_classes=self.toward_classes)
 
 
 def recipe_names() -> list[str]:

@@ -79,7 +79,7 @@ def print_uap_summary(result: Result, out_dir: Path | None = None, reports: Iter
         ran = [c for c in a.candidates if c.skipped is None]
         err.print(f"v chosen on {s.n} {s.split} images: {pct(s.best_rate)} after {s.best_at} source images"
                   + (f" (last v {pct(s.final_rate)})" if s.final_rate is not None else "")
-                  + (f"; strongest of {', '.join(f'{c.method}/{c.seed}' for c in ran)}" if len(ran) > 1 else ""))
+                  + (f"; strongest of {', '.join(f'{c.name}/{c.seed}' for c in ran)}" if len(ran) > 1 else ""))
     if result.comparison:
         err.print(f"UAP vs control: {result.comparison.test}, p = {result.comparison.p_value:.3g}; "
                   f"built in {a.seconds:.1f} s on {a.device}")

@@ -314,6 +314,8 @@ class Candidate(_Model):
 
     method: str
     seed: int
+    toward: str | None = Field(default=None, description="a non-targeted best's build aimed at this class (judged by "
+                               "the non-targeted rate, like the others)")
     selection_rate: SelectionRate | None = None
     source_fooling_rate: Fraction | None = None
     images_seen: Count | None = None
@@ -323,6 +325,11 @@ class Candidate(_Model):
     dropped_at: Count | None = Field(default=None, description="images seen when successive halving dropped it")
     stop_reason: str | None = Field(default=None, description="why its build stopped early")
     rungs: list[RungResult] = Field(default_factory=list, description="its result at every cut it reached")
+
+    @property
+    def name(self) -> str:
+        """How reports name it: the method, and the class a directed build aims at."""
+        return f"{self.method} toward {self.toward}" if self.toward else self.method
 
 
 class ThreatInfo(_Model):

@@ -39,7 +39,7 @@ from robaudit.core.results import (
     TrajectoryPoint,
     success_vector,
 )
-from robaudit.core.specs import BEST_OF, UAPSpec
+from robaudit.core.specs import BEST_OF, TOWARD_MAX_CLASSES, UAPSpec
 from robaudit.data import load_task
 from robaudit.data.images import to_channels
 from robaudit.eval.artifacts import (
@@ -333,6 +333,10 @@ def _surrogate(spec: UAPSpec, lm: LoadedModel) -> tuple[torch.nn.Module, str]:
 #: images per forward pass of a selection check: large on a GPU; on CPU a cache-sized batch is faster
 #: (lite0 at 64 px, 1 thread: 530 images/s at 32 against 300 at 256; benchmarks/README.md "Time to verdict")
 CHECK_BATCH = {"cuda": 256, "cpu": 32}
+#: the usual first cut (a quarter of the build) times this, in a race with class-directed candidates: a build
+#: toward the right class starts slowest (X-rays, toward 'normal': 0.13 on the selection split at 256 views, last
+#: of five; 0.71 on test at the end; benchmarks/README.md "Class-directed candidates")
+FIRST_CUT_DIRECTED = 2
 
 
 def predict_as_measured(lm: LoadedModel, x: torch.Tensor, v: torch.Tensor | None, clip: bool,
@@ -358,33 +362,31 @@ def _scorer(model: torch.nn.Module, x: torch.Tensor, target: int | None, clip: b
 
 def build(prep: Prepared, quiet: bool) -> UAPOutcome:
     """The UAP engine over the prepared source: one build, or for ``best`` / ``restarts`` a race of the
-    candidates (method x restart) by successive halving on the selection split (a stream only; a plain
-    source is one chunk, so every candidate runs it whole). The strongest by the selection split is kept
-    (by the source rate with ``--select none``); every candidate and its rungs are recorded."""
+    candidates (method x restart, and for a non-targeted best sgd toward each class) by successive halving on
+    the selection split (a stream only; a plain source is one chunk, so every candidate runs it whole). The
+    strongest by the selection split is kept (by the source rate with ``--select none``); every candidate and
+    its rungs are recorded."""
     spec, lm = prep.spec, prep.lm
-    methods = list(BEST_OF) if spec.method == "best" else [spec.method]
-    runs = [(m, spec.seed + r) for m in methods for r in range(spec.restarts)]
-    modes = [spec.mode if m == "fgsm" else "batched" for m, _ in runs]
+    runs = candidate_runs(prep)
+    modes = [spec.mode if m == "fgsm" else "batched" for m, _, _ in runs]
     max_iter = spec.default_max_iter()
     total = max_iter * prep.source_n
     streamed = not isinstance(prep.source, torch.Tensor)
     every = spec.select_every_for(total)
-    # first cut: whole check intervals nearest a quarter of the build (at an eighth, slow starters such as sgd
-    # on the fundus photos ranked last and were dropped: benchmarks/README.md "Time to verdict")
-    first = spec.race_rung or every * max(1, round(total / 4 / every))
+    first = spec.race_rung or _first_cut(runs, total, every)
     rungs = rung_points(first, total, len(runs)) if len(runs) > 1 and streamed else []
     start = time.perf_counter()
     world = prep.group.world if prep.group is not None else 1
-    cl = all(lookup(m, mode).channels_last for (m, _), mode in zip(runs, modes, strict=True))
+    cl = all(lookup(m, mode).channels_last for (m, _, _), mode in zip(runs, modes, strict=True))
     with progress(disable=quiet or not prep.is_main) as prog, fast_model(prep.builder, lm.device, spec.amp) as fast, \
             channels_last_model(fast, cl) as net:
-        entrants = [_entrant(prep, net, method, mode, seed, prog, every, start)
-                    for (method, seed), mode in zip(runs, modes, strict=True)]
+        entrants = [_entrant(prep, net, run, mode, prog, every, start) for run, mode in zip(runs, modes, strict=True)]
         group = entrants[0].builder.run.group
         chunks = group.chunks([prep.source] if not streamed else prep.source)
         winner = race(entrants, rechunk(chunks, [r // world for r in rungs]) if rungs else chunks, rungs)
         outcomes = [e.builder.outcome() for e in entrants]
-    prep.candidates = [_candidate(e, o, runs[i]) for i, (e, o) in enumerate(zip(entrants, outcomes, strict=True))]
+    prep.candidates = [_candidate(e, o, runs[i], lm.classes, prep.target)
+                       for i, (e, o) in enumerate(zip(entrants, outcomes, strict=True))]
     best_i = entrants.index(winner)
     prep.candidates[best_i].chosen = True
     prep.outcome = outcomes[best_i]
@@ -393,33 +395,73 @@ def build(prep: Prepared, quiet: bool) -> UAPOutcome:
     return prep.outcome
 
 
-def _entrant(prep: Prepared, net: torch.nn.Module, method: str, mode: str, seed: int, prog, every: int,
+def candidate_runs(prep: Prepared) -> list[tuple[str, int, int | None]]:
+    """(method, seed, class the build aims at) of every candidate. With ``toward_classes`` a non-targeted best
+    races sgd builds: the non-targeted one and one toward each class, all judged by the non-targeted rate on the
+    selection split. A non-targeted UAP settles on one class's direction, and on the X-rays it picked the weak one
+    (28% of the scans against 71% toward 'normal'; benchmarks/README.md "Class-directed candidates")."""
+    spec = prep.spec
+    toward = toward_classes(prep)
+    # with the class-directed builds, fgsm and perphoto leave the race: they won none of its 9 task-seeds and cost
+    # 35-45% of its time (benchmarks/README.md "Class-directed candidates")
+    methods = ["sgd"] if toward else list(BEST_OF) if spec.method == "best" else [spec.method]
+    runs: list[tuple[str, int, int | None]] = [(m, spec.seed + r, prep.target) for m in methods
+                                               for r in range(spec.restarts)]
+    if toward:
+        runs += [("sgd", spec.seed + r, c) for c in range(len(prep.lm.classes)) for r in range(spec.restarts)]
+    return runs
+
+
+def toward_classes(prep: Prepared) -> bool:
+    """Whether best races class-directed builds: non-targeted, built on the audited model (a surrogate's classes
+    are not the task's), with a selection split to judge them on, and few enough classes to race."""
+    spec = prep.spec
+    return (spec.method == "best" and spec.toward_classes and prep.target is None and prep.surrogate is None
+            and prep.select_score is not None and 2 <= len(prep.lm.classes) <= TOWARD_MAX_CLASSES)
+
+
+def _first_cut(runs: list, total: int, every: int) -> int:
+    """Images every candidate sees before the first cut: whole check intervals nearest a quarter of the build
+    (at an eighth, slow starters such as sgd on the fundus photos ranked last and were dropped:
+    benchmarks/README.md "Time to verdict"); with class-directed candidates, FIRST_CUT_DIRECTED of that."""
+    quarter = every * max(1, round(total / 4 / every))
+    if not any(t is not None for _, _, t in runs) or len({t for _, _, t in runs}) == 1:
+        return quarter
+    return max(every, every * round(quarter * FIRST_CUT_DIRECTED / every))
+
+
+def _entrant(prep: Prepared, net: torch.nn.Module, run: tuple[str, int, int | None], mode: str, prog, every: int,
              start: float) -> Entrant:
-    """One candidate build on the (already channels-last) model, its selection on the race's clock."""
+    """One candidate build on the (already channels-last) model, its selection on the race's clock. A build
+    toward a class is scored, like the others, on the cell's own criterion (``prep.select_score``)."""
     spec, lm = prep.spec, prep.lm
+    method, seed, target = run
     selection = None
     if prep.select_score is not None:
         rule = StopRule(spec.stop_window, spec.stop_delta, spec.stop_confidence) if spec.stop_delta > 0 else None
         selection = Selection(prep.select_score, every=every, patience=spec.patience, rule=rule, keep=True,
                               clock=lambda: time.perf_counter() - start, stop_after=spec.stop_after)
     max_iter = spec.default_max_iter()
-    bar = prog.add_task(f"UAP {method}/{mode} on {spec.source}" + (f" seed {seed}" if spec.restarts > 1 else ""),
-                        total=max_iter * prep.source_n, status="")
+    toward = f" toward {lm.classes[target]}" if target is not None and target != prep.target else ""
+    label = f"UAP {method}/{mode}{toward} on {spec.source}" + (f" seed {seed}" if spec.restarts > 1 else "")
+    bar = prog.add_task(label, total=max_iter * prep.source_n, status="")
 
     def on_progress(n: int, status: str | None = None) -> None:
         prog.update(bar, advance=n, **({"status": f"source {status}"} if status else {}))
 
-    entry, run = new_run(net, method=method, norm=spec.norm, eps=prep.eps, target=prep.target, mode=mode,
+    entry, state = new_run(net, method=method, norm=spec.norm, eps=prep.eps, target=target, mode=mode,
                          max_iter=max_iter, step_size=spec.resolved_step(), batch_size=spec.batch_size, clip=spec.clip,
                          seed=seed, device=lm.device, progress=on_progress, distributed=prep.group is not None,
                          selection=selection)
-    builder = Builder(run, create(entry, {}), init=prep.init, measure_chunks=prep.budget is None)
-    return Entrant(f"{method}/{seed}", builder)
+    builder = Builder(state, create(entry, {}), init=prep.init, measure_chunks=prep.budget is None)
+    return Entrant(f"{method}{'>' + str(target) if toward else ''}/{seed}", builder)
 
 
-def _candidate(e: Entrant, outcome: UAPOutcome, run: tuple[str, int]) -> Candidate:
+def _candidate(e: Entrant, outcome: UAPOutcome, run: tuple[str, int, int | None], classes: list[str],
+               cell_target: int | None = None) -> Candidate:
     sel = outcome.selection
-    return Candidate(method=run[0], seed=run[1],
+    toward = classes[run[2]] if run[2] is not None and run[2] != cell_target else None
+    return Candidate(method=run[0], seed=run[1], toward=toward,
                      selection_rate=sel.best_rate if sel is not None and sel.best_rate >= 0 else None,
                      source_fooling_rate=outcome.source_fooling_rate, images_seen=outcome.images_seen,
                      seconds=outcome.seconds, dropped_at=e.dropped_at,

@@ -116,7 +116,7 @@ def _selection_text(a) -> str | None:
         text += f"; stopped early ({why})" if why else (f"; stopped after {s.patience} checks without gain"
                                                            if s.patience else "; stopped early by the stop rule")
     if a.candidates:
-        runs = [f"{c.method}/seed {c.seed}: " + (f"skipped ({c.skipped})" if c.skipped else
+        runs = [f"{c.name}/seed {c.seed}: " + (f"skipped ({c.skipped})" if c.skipped else
                                                  f"{c.selection_rate:.1%}" if c.selection_rate is not None else "-")
                 + (" (kept)" if c.chosen else "") for c in a.candidates]
         text += "; candidates " + ", ".join(runs)

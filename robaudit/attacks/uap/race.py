@@ -112,13 +112,15 @@ def race(entrants: list[Entrant], chunks: Iterable[Tensor], rungs: list[int], ke
 
 def _shared_labels(live: list[Entrant], x: Tensor) -> Tensor | None:
     """The chunk's clean labels, computed once for every live entrant on the same model (a third of a
-    three-way race's label passes); their cost is shared out between them. None: each computes its own."""
+    three-way race's label passes); their cost is shared out between them. A build toward a class ignores
+    them (it is judged against its class). None: each computes its own."""
     builders = [e.builder for e in live if not e.builder.finished]
     runs = [b.run for b in builders]
-    if len(runs) < 2 or any(r.model is not runs[0].model or r.targeted != runs[0].targeted for r in runs):
+    if len(runs) < 2 or any(r.model is not runs[0].model for r in runs):
         return None
     start = time.perf_counter()
-    y = runs[0].clean_labels(check_chunk(x))
+    judge = next((r for r in runs if not r.targeted), runs[0])
+    y = judge.clean_labels(check_chunk(x))
     share = (time.perf_counter() - start) / len(builders)
     for b in builders:
         b.seconds += share
