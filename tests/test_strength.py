@@ -142,6 +142,23 @@ def test_toward_classes_races_a_build_per_class_judged_by_the_non_targeted_rate(
     assert off.cache_key() == make_spec(model=MODEL, norm="linf", seed=2, toward_classes=False, **SMALL).cache_key()
 
 
+def test_toward_classes_where_it_cannot_apply_says_so(finetuned, tmp_path, capsys):
+    """Asked for where it cannot apply (a single method, a targeted cell), --toward-classes is a warning that says
+    why, and the run is the plain one."""
+    args = ["uap", "--model", MODEL, "--source", "imagenet", "--norm", "linf", "--budget", "64", "--source-limit",
+            "16", "--eval-limit", "16", "--select-limit", "16", "--controls", "1", "--device", "cpu", "--no-report",
+            "--toward-classes"]
+    assert main([*args, "--method", "fgsm", "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--target", "normal", "--out", str(tmp_path / "b")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--toward-classes ignored: it races builds in --method best, not fgsm" in err
+    assert "--toward-classes ignored: the cell is targeted (--target)" in err
+    from robaudit.core.results import load_result
+
+    assert [(c.method, c.toward) for c in load_result(tmp_path / "b" / "result.json").attack.candidates] == [
+        ("fgsm", None), ("sgd", None), ("perphoto", None)]
+
+
 def test_stop_rule_ends_a_flat_build_early_and_says_why(finetuned):
     """A build whose best v barely moves is ended by the stop rule well before its budget, and the result records
     the rule, the reason and each check's bound. Flat by construction, so the test does not hinge on one training

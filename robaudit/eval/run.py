@@ -373,7 +373,7 @@ def build(prep: Prepared, quiet: bool) -> UAPOutcome:
     total = max_iter * prep.source_n
     streamed = not isinstance(prep.source, torch.Tensor)
     every = spec.select_every_for(total)
-    first = spec.race_rung or _first_cut(runs, total, every)
+    first = spec.race_rung or _first_cut(total, every, any(t != prep.target for _, _, t in runs))
     rungs = rung_points(first, total, len(runs)) if len(runs) > 1 and streamed else []
     start = time.perf_counter()
     world = prep.group.world if prep.group is not None else 1
@@ -413,21 +413,37 @@ def candidate_runs(prep: Prepared) -> list[tuple[str, int, int | None]]:
 
 
 def toward_classes(prep: Prepared) -> bool:
-    """Whether best races class-directed builds: non-targeted, built on the audited model (a surrogate's classes
-    are not the task's), with a selection split to judge them on, and few enough classes to race."""
-    spec = prep.spec
-    return (spec.method == "best" and spec.toward_classes and prep.target is None and prep.surrogate is None
-            and prep.select_score is not None and 2 <= len(prep.lm.classes) <= TOWARD_MAX_CLASSES)
+    """Whether best races class-directed builds (``toward_classes`` asked and applicable); asked but not
+    applicable is a warning that says why, never a silent no-op."""
+    if not prep.spec.toward_classes:
+        return False
+    why = _toward_refusal(prep)
+    if why is not None:
+        warn(f"--toward-classes ignored: {why}")
+    return why is None
 
 
-def _first_cut(runs: list, total: int, every: int) -> int:
+def _toward_refusal(prep: Prepared) -> str | None:
+    spec, n = prep.spec, len(prep.lm.classes)
+    if spec.method != "best":
+        return f"it races builds in --method best, not {spec.method}"
+    if prep.target is not None:
+        return "the cell is targeted (--target): its direction is given"
+    if prep.surrogate is not None:
+        return "v is built on a surrogate, whose classes are not the task's"
+    if prep.select_score is None:
+        return "the builds are judged on a selection split (--select val or train), not --select none"
+    if not 2 <= n <= TOWARD_MAX_CLASSES:
+        return f"the model has {n} classes; one build per class is raced up to {TOWARD_MAX_CLASSES}"
+    return None
+
+
+def _first_cut(total: int, every: int, directed: bool) -> int:
     """Images every candidate sees before the first cut: whole check intervals nearest a quarter of the build
     (at an eighth, slow starters such as sgd on the fundus photos ranked last and were dropped:
-    benchmarks/README.md "Time to verdict"); with class-directed candidates, FIRST_CUT_DIRECTED of that."""
+    benchmarks/README.md "Time to verdict"); with class-directed candidates, FIRST_CUT_DIRECTED times that."""
     quarter = every * max(1, round(total / 4 / every))
-    if not any(t is not None for _, _, t in runs) or len({t for _, _, t in runs}) == 1:
-        return quarter
-    return max(every, every * round(quarter * FIRST_CUT_DIRECTED / every))
+    return max(every, every * round(quarter * FIRST_CUT_DIRECTED / every)) if directed else quarter
 
 
 def _entrant(prep: Prepared, net: torch.nn.Module, run: tuple[str, int, int | None], mode: str, prog, every: int,
