@@ -26,7 +26,7 @@ from robaudit.core.files import read_json, validate
 #: 1.1: attacker strength (threat model, budget, selection, candidates); 1.2: replicates;
 #: 1.3: model format and preprocessing provenance, harm by diagnosis; threat models (query access, delivery:
 #: optional fields within 1.3)
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 SCHEMA_PATH = Path(__file__).parents[1] / "schema" / "result.schema.json"
 #: slack for float round-off when checking that an interval holds its value
 _TOL = 1e-9
@@ -314,8 +314,8 @@ class Candidate(_Model):
 
     method: str
     seed: int
-    toward: str | None = Field(default=None, description="a non-targeted best's build aimed at this class (judged by "
-                               "the non-targeted rate, like the others)")
+    toward: str | None = Field(default=None, description="schema 1.4: a non-targeted best's build aimed at this "
+                               "class (judged by the non-targeted rate, like the others)")
     selection_rate: SelectionRate | None = None
     source_fooling_rate: Fraction | None = None
     images_seen: Count | None = None

@@ -403,7 +403,7 @@ def candidate_runs(prep: Prepared) -> list[tuple[str, int, int | None]]:
     spec = prep.spec
     toward = toward_classes(prep)
     # with the class-directed builds, fgsm and perphoto leave the race: they won none of its 9 task-seeds and cost
-    # 35-45% of its time (benchmarks/README.md "Class-directed candidates")
+    # 25-50% of its time (benchmarks/README.md "Class-directed candidates")
     methods = ["sgd"] if toward else list(BEST_OF) if spec.method == "best" else [spec.method]
     runs: list[tuple[str, int, int | None]] = [(m, spec.seed + r, prep.target) for m in methods
                                                for r in range(spec.restarts)]
