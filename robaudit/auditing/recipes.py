@@ -132,8 +132,8 @@ class AuditRecipe(_Strict):
     select_limit: int = Field(128, ge=8)
     patience: int | None = Field(6, ge=1)
     restarts: int = Field(1, ge=1, le=20)
-    toward_classes: bool = Field(False, description="best, non-targeted cells: also race an sgd build toward each "
-                                 "class (see robaudit uap --toward-classes)")
+    toward_classes: bool = Field(False, description="best, non-targeted cells: race sgd builds, the non-targeted "
+                                 "one and one toward each class (see robaudit uap --toward-classes)")
     surrogates: list[str] = Field(default_factory=list, description="zero-knowledge cells: for every model and "
                                   "photo source, a non-targeted UAP built on each surrogate ('pretrained' = the public "
                                   "ImageNet model of the model's arch, or a zoo name / checkpoint)")

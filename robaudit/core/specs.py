@@ -83,8 +83,8 @@ class UAPConfig(BaseModel):
     eps: Float32 | None = Field(None, description="absolute eps in [0,1] pixel units")
     method: Method = Field("best", description="fgsm (published, one step per photo), perphoto (each photo of a "
                            "batch iterates until fooled, as published), sgd, deepfool, or best (fgsm, sgd and "
-                           "perphoto raced by successive halving on the selection split; non-targeted, also sgd toward "
-                           "each class: see toward_classes)")
+                           "perphoto raced by successive halving on the selection split; with toward_classes, sgd "
+                           "builds toward each class instead)")
     mode: Literal["batched", "reference"] = Field("batched", description="batched (fast) or reference (ART's exact "
                                                   "sequential loop, fgsm only)")
     target: str | None = Field(None, description="targeted UAP: class index or name")
@@ -129,7 +129,7 @@ class UAPConfig(BaseModel):
                                  "split: race sgd builds, the non-targeted one and one toward each class (models of "
                                  "at most 10 classes), all judged by the non-targeted fooling rate. A non-targeted "
                                  "UAP settles on one class's direction, often not the strongest: on the X-rays it "
-                                 "flips 28% of the scans, the build toward 'normal' 71% (benchmarks/README.md "
+                                 "flips 28% of the scans, the build toward 'normal' 66-74% (benchmarks/README.md "
                                  "\"Class-directed candidates\")")
     restarts: int = Field(1, ge=1, le=20, description="builds per method with seeds seed, seed+1, ...; best kept")
     surrogate: str | None = Field(None, description="zero-knowledge: build v on 'pretrained' (the public ImageNet "

@@ -335,7 +335,7 @@ def _surrogate(spec: UAPSpec, lm: LoadedModel) -> tuple[torch.nn.Module, str]:
 CHECK_BATCH = {"cuda": 256, "cpu": 32}
 #: the usual first cut (a quarter of the build) times this, in a race with class-directed candidates: a build
 #: toward the right class starts slowest (X-rays, toward 'normal': 0.13 on the selection split at 256 views, last
-#: of five; 0.71 on test at the end; benchmarks/README.md "Class-directed candidates")
+#: of five; 0.66-0.74 on test at the end; benchmarks/README.md "Class-directed candidates")
 FIRST_CUT_DIRECTED = 2
 
 
@@ -399,7 +399,7 @@ def candidate_runs(prep: Prepared) -> list[tuple[str, int, int | None]]:
     """(method, seed, class the build aims at) of every candidate. With ``toward_classes`` a non-targeted best
     races sgd builds: the non-targeted one and one toward each class, all judged by the non-targeted rate on the
     selection split. A non-targeted UAP settles on one class's direction, and on the X-rays it picked the weak one
-    (28% of the scans against 71% toward 'normal'; benchmarks/README.md "Class-directed candidates")."""
+    (28% of the scans against 66-74% toward 'normal'; benchmarks/README.md "Class-directed candidates")."""
     spec = prep.spec
     toward = toward_classes(prep)
     # with the class-directed builds, fgsm and perphoto leave the race: they won none of its 9 task-seeds and cost
