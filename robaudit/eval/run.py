@@ -362,7 +362,7 @@ def _scorer(model: torch.nn.Module, x: torch.Tensor, target: int | None, clip: b
 
 def build(prep: Prepared, quiet: bool) -> UAPOutcome:
     """The UAP engine over the prepared source: one build, or for ``best`` / ``restarts`` a race of the
-    candidates (method x restart, and for a non-targeted best sgd toward each class) by successive halving on
+    candidates (method x restart; with ``toward_classes``, sgd builds toward each class) by successive halving on
     the selection split (a stream only; a plain source is one chunk, so every candidate runs it whole). The
     strongest by the selection split is kept (by the source rate with ``--select none``); every candidate and
     its rungs are recorded."""
@@ -373,7 +373,7 @@ def build(prep: Prepared, quiet: bool) -> UAPOutcome:
     total = max_iter * prep.source_n
     streamed = not isinstance(prep.source, torch.Tensor)
     every = spec.select_every_for(total)
-    first = spec.race_rung or _first_cut(total, every, any(t != prep.target for _, _, t in runs))
+    first = spec.race_rung or _first_cut(total, every, any(t is not None for _, _, t in runs))
     rungs = rung_points(first, total, len(runs)) if len(runs) > 1 and streamed else []
     start = time.perf_counter()
     world = prep.group.world if prep.group is not None else 1
@@ -385,7 +385,7 @@ def build(prep: Prepared, quiet: bool) -> UAPOutcome:
         chunks = group.chunks([prep.source] if not streamed else prep.source)
         winner = race(entrants, rechunk(chunks, [r // world for r in rungs]) if rungs else chunks, rungs)
         outcomes = [e.builder.outcome() for e in entrants]
-    prep.candidates = [_candidate(e, o, runs[i], lm.classes, prep.target)
+    prep.candidates = [_candidate(e, o, runs[i], lm.classes)
                        for i, (e, o) in enumerate(zip(entrants, outcomes, strict=True))]
     best_i = entrants.index(winner)
     prep.candidates[best_i].chosen = True
@@ -396,16 +396,17 @@ def build(prep: Prepared, quiet: bool) -> UAPOutcome:
 
 
 def candidate_runs(prep: Prepared) -> list[tuple[str, int, int | None]]:
-    """(method, seed, class the build aims at) of every candidate. With ``toward_classes`` a non-targeted best
-    races sgd builds: the non-targeted one and one toward each class, all judged by the non-targeted rate on the
-    selection split. A non-targeted UAP settles on one class's direction, and on the X-rays it picked the weak one
-    (28% of the scans against 66-74% toward 'normal'; benchmarks/README.md "Class-directed candidates")."""
+    """(method, seed, class a directed build aims at, else None: the cell's own goal) of every candidate. With
+    ``toward_classes`` a non-targeted best races sgd builds: the non-targeted one and one toward each class, all
+    judged by the non-targeted rate on the selection split. A non-targeted UAP settles on one class's direction,
+    and on the X-rays it picked the weak one (28% of the scans against 66-74% toward 'normal';
+    benchmarks/README.md "Class-directed candidates")."""
     spec = prep.spec
     toward = toward_classes(prep)
     # with the class-directed builds, fgsm and perphoto leave the race: they won none of its 9 task-seeds and cost
     # 25-50% of its time (benchmarks/README.md "Class-directed candidates")
     methods = ["sgd"] if toward else list(BEST_OF) if spec.method == "best" else [spec.method]
-    runs: list[tuple[str, int, int | None]] = [(m, spec.seed + r, prep.target) for m in methods
+    runs: list[tuple[str, int, int | None]] = [(m, spec.seed + r, None) for m in methods
                                                for r in range(spec.restarts)]
     if toward:
         runs += [("sgd", spec.seed + r, c) for c in range(len(prep.lm.classes)) for r in range(spec.restarts)]
@@ -451,33 +452,32 @@ def _entrant(prep: Prepared, net: torch.nn.Module, run: tuple[str, int, int | No
     """One candidate build on the (already channels-last) model, its selection on the race's clock. A build
     toward a class is scored, like the others, on the cell's own criterion (``prep.select_score``)."""
     spec, lm = prep.spec, prep.lm
-    method, seed, target = run
+    method, seed, toward = run
     selection = None
     if prep.select_score is not None:
         rule = StopRule(spec.stop_window, spec.stop_delta, spec.stop_confidence) if spec.stop_delta > 0 else None
         selection = Selection(prep.select_score, every=every, patience=spec.patience, rule=rule, keep=True,
                               clock=lambda: time.perf_counter() - start, stop_after=spec.stop_after)
     max_iter = spec.default_max_iter()
-    toward = f" toward {lm.classes[target]}" if target is not None and target != prep.target else ""
-    label = f"UAP {method}/{mode}{toward} on {spec.source}" + (f" seed {seed}" if spec.restarts > 1 else "")
+    aim = f" toward {lm.classes[toward]}" if toward is not None else ""
+    label = f"UAP {method}/{mode}{aim} on {spec.source}" + (f" seed {seed}" if spec.restarts > 1 else "")
     bar = prog.add_task(label, total=max_iter * prep.source_n, status="")
 
     def on_progress(n: int, status: str | None = None) -> None:
         prog.update(bar, advance=n, **({"status": f"source {status}"} if status else {}))
 
-    entry, state = new_run(net, method=method, norm=spec.norm, eps=prep.eps, target=target, mode=mode,
-                         max_iter=max_iter, step_size=spec.resolved_step(), batch_size=spec.batch_size, clip=spec.clip,
-                         seed=seed, device=lm.device, progress=on_progress, distributed=prep.group is not None,
-                         selection=selection)
+    entry, state = new_run(net, method=method, norm=spec.norm, eps=prep.eps,
+                           target=prep.target if toward is None else toward, mode=mode, max_iter=max_iter,
+                           step_size=spec.resolved_step(), batch_size=spec.batch_size, clip=spec.clip, seed=seed,
+                           device=lm.device, progress=on_progress, distributed=prep.group is not None,
+                           selection=selection)
     builder = Builder(state, create(entry, {}), init=prep.init, measure_chunks=prep.budget is None)
-    return Entrant(f"{method}{'>' + str(target) if toward else ''}/{seed}", builder)
+    return Entrant(f"{method}{'' if toward is None else '>' + str(toward)}/{seed}", builder)
 
 
-def _candidate(e: Entrant, outcome: UAPOutcome, run: tuple[str, int, int | None], classes: list[str],
-               cell_target: int | None = None) -> Candidate:
+def _candidate(e: Entrant, outcome: UAPOutcome, run: tuple[str, int, int | None], classes: list[str]) -> Candidate:
     sel = outcome.selection
-    toward = classes[run[2]] if run[2] is not None and run[2] != cell_target else None
-    return Candidate(method=run[0], seed=run[1], toward=toward,
+    return Candidate(method=run[0], seed=run[1], toward=classes[run[2]] if run[2] is not None else None,
                      selection_rate=sel.best_rate if sel is not None and sel.best_rate >= 0 else None,
                      source_fooling_rate=outcome.source_fooling_rate, images_seen=outcome.images_seen,
                      seconds=outcome.seconds, dropped_at=e.dropped_at,
