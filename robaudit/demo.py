@@ -21,6 +21,7 @@ from robaudit.auditing.recipes import TrainSettings
 from robaudit.core import locations
 from robaudit.core.console import info
 from robaudit.core.errors import BadInput
+from robaudit.core.specs import DEFAULT_METHOD
 from robaudit.data import load_task
 from robaudit.data.embedded import NAME as EMBEDDED
 from robaudit.grading import load_input
@@ -79,7 +80,7 @@ def demo_recipe(choice: DataChoice, small: bool = False, train_seed: int = 0,
         name="demo", description="robaudit demo: natural-photo UAPs vs random noise on a fine-tune and its "
         "random-init twin, and targeted to the healthy class on the fine-tune",
         tasks=[choice.task.replace(":", "-")], archs=[ARCH], transfers=["full", "scratch"],
-        sources=[choice.source], norms=["l2"], zetas=[0.04], methods=["best"],
+        sources=[choice.source], norms=["l2"], zetas=[0.04], methods=[DEFAULT_METHOD],
         targets=[choice.target] if choice.target else "none",
         # the newcomer's cells: the photo UAP on both models, and targeted (hiding disease) on the fine-tune
         skip=[{"transfer": "scratch", "target": choice.target}] if choice.target else [],

@@ -24,6 +24,6 @@ def test_readme_python_section_runs(tmp_path, monkeypatch, capsys):
     assert run.v.shape == (1, 3, 32, 32)
     files = {p.name for p in (tmp_path / "reports/python-demo").iterdir()}
     assert {"result.json", "uap.npy", "report.html", "report.md", "summary.md", "spec.json"} <= files
-    a = scope["directed"].result.attack  # the class-directed race: one sgd build per class beside the plain one
-    assert [c.name for c in a.candidates] == ["sgd", "sgd toward normal", "sgd toward pneumonia"]
+    a = r.attack  # the default on a two-class model: the class-directed race, one sgd build toward each class
+    assert a.method == "sgd" and [c.name for c in a.candidates] == ["sgd toward normal", "sgd toward pneumonia"]
     assert not a.targeted and [c for c in a.candidates if c.chosen][0].selection_rate == a.selection.best_rate

@@ -115,31 +115,58 @@ def test_best_races_the_methods_and_records_every_rung(finetuned, tmp_path):
 
 
 def test_toward_classes_races_a_build_per_class_judged_by_the_non_targeted_rate(finetuned, tmp_path):
-    """``--toward-classes`` makes a non-targeted best race sgd builds: the non-targeted one and one toward each
-    class. The cell stays non-targeted: every candidate, the directed ones too, is ranked by the non-targeted
-    rate on the selection split, and the kept v's rate, rescored independently, is the winner's. The first cut
-    sits at half the budget (a build toward the right class starts slowest), and the option is hashed only when
-    on."""
+    """On a two-class model the default (sgd) races an sgd build toward each class; the non-targeted build is one
+    of those two directions and does not race. The cell stays non-targeted: every candidate is ranked by the
+    non-targeted rate on the selection split, and the kept v's rate, rescored independently, is the winner's.
+    The first cut sits at half the budget (a build toward the right class starts slowest); the setting is hashed
+    only when not left to the default."""
     args = ["uap", "--model", MODEL, "--source", "imagenet", "--norm", "linf", "--budget", "512",
             "--select-every", "64", "--source-limit", "64", "--eval-limit", "64", "--select-limit", "64",
             "--controls", "1", "--device", "cpu", "--no-report", "--seed", "2", "--stop-delta", "0"]
-    assert main([*args, "--toward-classes", "--out", str(tmp_path)]) == 0
+    assert main([*args, "--out", str(tmp_path)]) == 0
     from robaudit.core.results import load_result
 
     r = load_result(tmp_path / "result.json")
     a = r.attack
-    assert [(c.method, c.toward) for c in a.candidates] == [("sgd", None), ("sgd", "normal"), ("sgd", "pneumonia")]
+    assert a.method == "sgd" and [(c.method, c.toward) for c in a.candidates] == [("sgd", "normal"),
+                                                                                 ("sgd", "pneumonia")]
     assert a.selection.race_rungs == [256]  # half the budget (a quarter would be 128): the only cut before the end
     assert not a.targeted and a.target is None
     [winner] = [c for c in a.candidates if c.chosen]
     finalists = [c for c in a.candidates if c.dropped_at is None]
     assert winner.selection_rate == a.selection.best_rate == max(c.selection_rate for c in finalists)
-    spec = make_spec(model=MODEL, norm="linf", seed=2, toward_classes=True, **SMALL)
+    spec = make_spec(model=MODEL, norm="linf", seed=2, **SMALL)
     kept = torch.from_numpy(np.load(tmp_path / "uap.npy"))
     assert _selection_rate(kept, spec, r) == pytest.approx(a.selection.best_rate, abs=1e-12)
-    off = make_spec(model=MODEL, norm="linf", seed=2, **SMALL)
-    assert spec.cache_key() != off.cache_key()
-    assert off.cache_key() == make_spec(model=MODEL, norm="linf", seed=2, toward_classes=False, **SMALL).cache_key()
+    assert spec.cache_key() == make_spec(model=MODEL, norm="linf", seed=2, toward_classes=None, **SMALL).cache_key()
+    assert len({make_spec(model=MODEL, norm="linf", seed=2, toward_classes=t, **SMALL).cache_key()
+                for t in (None, True, False)}) == 3
+
+
+P, D = [("fgsm", None), ("sgd", None), ("perphoto", None)], [("sgd", None)]  # best's race; one plain sgd build
+
+
+@pytest.mark.parametrize("n, method, asked, target, expected", [
+    (2, "sgd", None, None, [("sgd", 0), ("sgd", 1)]),  # the default on two classes: both directions, no plain build
+    (5, "sgd", None, None, D),  # above two classes the default is one plain build (the CLI's hint names the race)
+    (5, "sgd", True, None, D + [("sgd", c) for c in range(5)]),  # asked: the plain build and one toward each class
+    (5, "best", True, None, D + [("sgd", c) for c in range(5)]),
+    (2, "best", None, None, P),  # best keeps its race of methods unless asked
+    (2, "sgd", False, None, D),
+    (2, "sgd", None, 1, D),  # targeted: the direction is given
+    (12, "sgd", True, None, D),  # more classes than TOWARD_MAX_CLASSES: refused with a warning
+])
+def test_candidate_runs_by_class_count_method_and_setting(n, method, asked, target, expected):
+    """Which builds race, as (method, seed, class aimed at): the default races the directed builds in two-class
+    sgd cells only; toward_classes=True races them, beside the plain build, on up to 10 classes."""
+    from types import SimpleNamespace
+
+    from robaudit.eval.run import candidate_runs
+
+    spec = SimpleNamespace(method=method, seed=3, restarts=1, toward_classes=asked)
+    prep = SimpleNamespace(spec=spec, lm=SimpleNamespace(classes=[f"c{i}" for i in range(n)]), target=target,
+                           surrogate=None, select_score=lambda v: None)
+    assert candidate_runs(prep) == [(m, 3, t) for m, t in expected]
 
 
 def test_toward_classes_where_it_cannot_apply_says_so(finetuned, tmp_path, capsys):
@@ -151,12 +178,12 @@ def test_toward_classes_where_it_cannot_apply_says_so(finetuned, tmp_path, capsy
     assert main([*args, "--method", "fgsm", "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--target", "normal", "--out", str(tmp_path / "b")]) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert "--toward-classes ignored: it races builds in --method best, not fgsm" in err
+    assert "--toward-classes ignored: it races sgd builds (--method sgd or best), not fgsm" in err
     assert "--toward-classes ignored: the cell is targeted (--target)" in err
     from robaudit.core.results import load_result
 
-    assert [(c.method, c.toward) for c in load_result(tmp_path / "b" / "result.json").attack.candidates] == [
-        ("fgsm", None), ("sgd", None), ("perphoto", None)]
+    b = load_result(tmp_path / "b" / "result.json").attack
+    assert b.targeted and b.method == "sgd" and b.candidates == []  # the plain targeted build
 
 
 def test_stop_rule_ends_a_flat_build_early_and_says_why(finetuned):
@@ -167,8 +194,8 @@ def test_stop_rule_ends_a_flat_build_early_and_says_why(finetuned):
     first check where the rule can be read (window + 1). (A real build rising by one image per check on 64
     selection images keeps going at the default delta 0.01.) The floor is lowered to 0 here: by default no build
     stops before 2,000 views (``stop_after``), which is this whole budget."""
-    spec = make_spec(model=MODEL, norm="linf", method="sgd", budget=2000, select_every=128, source_limit=64,
-                     stop_delta=0.02, stop_window=3, stop_after=0, **{**SMALL, "zeta": 0.0005})
+    spec = make_spec(model=MODEL, norm="linf", method="sgd", toward_classes=False, budget=2000, select_every=128,
+                     source_limit=64, stop_delta=0.02, stop_window=3, stop_after=0, **{**SMALL, "zeta": 0.0005})
     r = run_uap(spec, quiet=True).result
     sel = r.attack.selection
     assert sel.plateau and sel.stop_rule.window == spec.stop_window and sel.stop_rule.delta == spec.stop_delta

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from robaudit.core.errors import BadInput, unknown_name
 from robaudit.core.files import read_toml, validate
-from robaudit.core.specs import ModelRef, UAPSpec
+from robaudit.core.specs import DEFAULT_METHOD, ModelRef, UAPSpec
 from robaudit.models.train import TrainConfig
 from robaudit.models.zoo import REPLICATE_SEP, model_name, parse_zoo_name, replicate_name
 
@@ -103,7 +103,7 @@ class AuditRecipe(_Strict):
     sources: list[str] = Field(default_factory=lambda: ["imagenet", "train"])
     norms: list[Literal["linf", "l2"]] = Field(default_factory=lambda: ["l2"])
     zetas: list[float] = Field(default_factory=lambda: [0.04])
-    methods: list[Literal["fgsm", "deepfool", "sgd", "best"]] = Field(default_factory=lambda: ["best"])
+    methods: list[Literal["fgsm", "deepfool", "sgd", "best"]] = Field(default_factory=lambda: [DEFAULT_METHOD])
     mode: Literal["batched", "reference"] = "batched"
     targets: Literal["none", "all"] | list[str | int] = "none"
     targeted_also_untargeted: bool = Field(True, description="with targets: also run the non-targeted cells")
@@ -132,8 +132,9 @@ class AuditRecipe(_Strict):
     select_limit: int = Field(128, ge=8)
     patience: int | None = Field(6, ge=1)
     restarts: int = Field(1, ge=1, le=20)
-    toward_classes: bool = Field(False, description="best, non-targeted cells: race sgd builds, the non-targeted "
-                                 "one and one toward each class (see robaudit uap --toward-classes)")
+    toward_classes: bool | None = Field(None, description="sgd or best, non-targeted cells: race sgd builds toward "
+                                        "each class (None: in sgd cells of two-class models; see robaudit uap "
+                                        "--toward-classes)")
     surrogates: list[str] = Field(default_factory=list, description="zero-knowledge cells: for every model and "
                                   "photo source, a non-targeted UAP built on each surrogate ('pretrained' = the public "
                                   "ImageNet model of the model's arch, or a zoo name / checkpoint)")

@@ -60,7 +60,7 @@ def uap(
     stop_window: Annotated[int, _o(S, "stop_window")] = _d(S, "stop_window"),
     stop_confidence: Annotated[float, _o(S, "stop_confidence")] = _d(S, "stop_confidence"),
     race_rung: Annotated[Optional[int], _o(S, "race_rung")] = _d(S, "race_rung"),
-    toward_classes: Annotated[bool, _o(S, "toward_classes", "--toward-classes/--no-toward-classes")]
+    toward_classes: Annotated[Optional[bool], _o(S, "toward_classes", "--toward-classes/--no-toward-classes")]
     = _d(S, "toward_classes"),
     restarts: Annotated[int, _o(S, "restarts")] = _d(S, "restarts"),
     surrogate: Annotated[Optional[str], _o(S, "surrogate")] = _d(S, "surrogate"),

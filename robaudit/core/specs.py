@@ -47,12 +47,16 @@ STREAM_CHUNK = 500
 #: (2: batched fgsm's linear step schedule and channels-last execution; 3: augmented photo streams,
 #: selection on held-out medical images, strongest-of; 4: racing in best (fgsm, sgd, perphoto), the
 #: statistical stop rule instead of patience 6, 256 selection images; 5: batch norm folded into the
-#: convolutions for the build and the measure (float rounding only), no stop before ``stop_after`` views)
-ENGINE_REVISION = 5
+#: convolutions for the build and the measure (float rounding only), no stop before ``stop_after`` views;
+#: 6: the default is sgd, and on a two-class model a race of sgd builds toward each class)
+ENGINE_REVISION = 6
 #: methods `best` races (successive halving; benchmarks/README.md "Time to verdict")
 BEST_OF = ("fgsm", "sgd", "perphoto")
-#: a non-targeted best races an sgd build toward each class of a model with at most this many classes (toward_classes)
+#: toward_classes races an sgd build toward each class of a model with at most this many classes
 TOWARD_MAX_CLASSES = 10
+#: the default method: sgd reached 0.4's default strength on skin and fundus in 0.8-1.2x ART's one-pass time, where
+#: best's race of three took 2.1-3.1x (benchmarks/README.md "Time to verdict")
+DEFAULT_METHOD = "sgd"
 
 
 #: the order UAPSpec's fields had up to 0.4: cache keys hash the fields in this order, so cells cached by
@@ -81,10 +85,11 @@ class UAPConfig(BaseModel):
                                description="eps as a fraction of the mean Lp norm of the task's training images "
                                "(default 0.04)")
     eps: Float32 | None = Field(None, description="absolute eps in [0,1] pixel units")
-    method: Method = Field("best", description="fgsm (published, one step per photo), perphoto (each photo of a "
-                           "batch iterates until fooled, as published), sgd, deepfool, or best (fgsm, sgd and "
-                           "perphoto raced by successive halving on the selection split; with toward_classes, sgd "
-                           "builds toward each class instead)")
+    method: Method = Field(DEFAULT_METHOD, description="sgd (mini-batch steps on v; with toward_classes, builds "
+                           "toward each class raced), fgsm (published, one step per photo), perphoto (each photo of "
+                           "a batch iterates until fooled, as published), deepfool, or best (fgsm, sgd and perphoto "
+                           "raced by successive halving on the selection split; with toward_classes, sgd builds "
+                           "toward each class instead)")
     mode: Literal["batched", "reference"] = Field("batched", description="batched (fast) or reference (ART's exact "
                                                   "sequential loop, fgsm only)")
     target: str | None = Field(None, description="targeted UAP: class index or name")
@@ -122,15 +127,17 @@ class UAPConfig(BaseModel):
     stop_window: int = Field(4, ge=1, le=100, description="selection checks the stop rule's gain is measured over")
     stop_confidence: float = Field(0.9, gt=0, lt=1, description="confidence of the stop rule's upper bound on the "
                                      "gain (exact, paired on the selection images)")
-    race_rung: int | None = Field(None, ge=1, description="best: images each candidate gets before the first cut "
-                                  "(successive halving, rungs doubling); default about a quarter of the budget, in "
-                                  "whole check intervals")
-    toward_classes: bool = Field(False, description="best, non-targeted, built on the audited model with a selection "
-                                 "split: race sgd builds, the non-targeted one and one toward each class (models of "
-                                 "at most 10 classes), all judged by the non-targeted fooling rate. A non-targeted "
-                                 "UAP settles on one class's direction, often not the strongest: on the X-rays it "
-                                 "flips 28% of the scans, the build toward 'normal' 66-74% (benchmarks/README.md "
-                                 "\"Class-directed candidates\")")
+    race_rung: int | None = Field(None, ge=1, description="a race (best, toward_classes, restarts): images each "
+                                  "candidate gets before the first cut (successive halving, rungs doubling); default "
+                                  "about a quarter of the budget, in whole check intervals")
+    toward_classes: bool | None = Field(None, description="sgd or best, non-targeted, built on the audited model "
+                                        "with a selection split: race sgd builds toward each class (and, above two "
+                                        "classes, the non-targeted one; models of at most 10 classes), all judged "
+                                        "by the non-targeted fooling rate. None: on in sgd cells of two-class models. "
+                                        "A "
+                                        "non-targeted UAP settles on one class's direction, often not the "
+                                        "strongest: on the X-rays it flips 28% of the scans, the build toward "
+                                        "'normal' 66-74% (benchmarks/README.md \"Class-directed candidates\")")
     restarts: int = Field(1, ge=1, le=20, description="builds per method with seeds seed, seed+1, ...; best kept")
     surrogate: str | None = Field(None, description="zero-knowledge: build v on 'pretrained' (the public ImageNet "
                                   "model of the audited arch), a zoo name or a checkpoint; the audited model is "
@@ -261,7 +268,7 @@ _NEW_KEYS = ("arch_kwargs", "mean", "std", "input_size", "channels", "classes", 
 #: settings added since 0.6 (threat models, the stop floor) and their defaults: hashed only when not default, so
 #: unchanged specs keep their cache keys
 _THREAT_KEYS = {"access": "white-box", "query_output": "scores", "query_budget": None, "delivery": "input",
-                "eot": False, "stop_after": 2000, "toward_classes": False}
+                "eot": False, "stop_after": 2000, "toward_classes": None}
 #: images a query-only attacker may forward by default (U-SimBA's rounds; benchmarks/README.md "Threat models")
 DEFAULT_QUERY_BUDGET = {"cpu": 100_000, "cuda": 2_000_000}
 

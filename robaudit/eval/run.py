@@ -397,28 +397,34 @@ def build(prep: Prepared, quiet: bool) -> UAPOutcome:
 
 def candidate_runs(prep: Prepared) -> list[tuple[str, int, int | None]]:
     """(method, seed, class a directed build aims at, else None: the cell's own goal) of every candidate. With
-    ``toward_classes`` a non-targeted best races sgd builds: the non-targeted one and one toward each class, all
-    judged by the non-targeted rate on the selection split. A non-targeted UAP settles on one class's direction,
-    and on the X-rays it picked the weak one (28% of the scans against 66-74% toward 'normal';
-    benchmarks/README.md "Class-directed candidates")."""
+    class-directed builds (:func:`toward_classes`) sgd builds toward each class are raced, all judged by the
+    non-targeted rate on the selection split: a non-targeted UAP settles on one class's direction, and on the
+    X-rays it picked the weak one (28% of the scans against 66-74% toward 'normal'; benchmarks/README.md
+    "Class-directed candidates"). Above two classes the non-targeted build races too; on two it is one of the
+    two directions (its selection rate equalled the build toward 'pneumonia' on all three X-ray seeds)."""
     spec = prep.spec
-    toward = toward_classes(prep)
-    # with the class-directed builds, fgsm and perphoto leave the race: they won none of its 9 task-seeds and cost
-    # 25-50% of its time (benchmarks/README.md "Class-directed candidates")
-    methods = ["sgd"] if toward else list(BEST_OF) if spec.method == "best" else [spec.method]
-    runs: list[tuple[str, int, int | None]] = [(m, spec.seed + r, None) for m in methods
-                                               for r in range(spec.restarts)]
-    if toward:
-        runs += [("sgd", spec.seed + r, c) for c in range(len(prep.lm.classes)) for r in range(spec.restarts)]
-    return runs
+    restarts = range(spec.restarts)
+    if toward_classes(prep):
+        # fgsm and perphoto leave the race: they won none of its 9 task-seeds and cost 25-50% of its time
+        # (benchmarks/README.md "Class-directed candidates")
+        n = len(prep.lm.classes)
+        return ([("sgd", spec.seed + r, None) for r in restarts] if n > 2 else []) + \
+            [("sgd", spec.seed + r, c) for c in range(n) for r in restarts]
+    methods = list(BEST_OF) if spec.method == "best" else [spec.method]
+    return [(m, spec.seed + r, None) for m in methods for r in restarts]
 
 
 def toward_classes(prep: Prepared) -> bool:
-    """Whether best races class-directed builds (``toward_classes`` asked and applicable); asked but not
-    applicable is a warning that says why, never a silent no-op."""
-    if not prep.spec.toward_classes:
+    """Whether sgd builds toward each class are raced: asked (``toward_classes=True``) and applicable, or left
+    to the default (None) in an applicable sgd cell of a two-class model (best keeps its race of methods). Asked
+    but not applicable is a warning that says why, never a silent no-op; the default where it cannot apply is the
+    plain build."""
+    asked = prep.spec.toward_classes
+    if asked is False:
         return False
     why = _toward_refusal(prep)
+    if asked is None:
+        return prep.spec.method == "sgd" and why is None and len(prep.lm.classes) == 2
     if why is not None:
         warn(f"--toward-classes ignored: {why}")
     return why is None
@@ -426,8 +432,8 @@ def toward_classes(prep: Prepared) -> bool:
 
 def _toward_refusal(prep: Prepared) -> str | None:
     spec, n = prep.spec, len(prep.lm.classes)
-    if spec.method != "best":
-        return f"it races builds in --method best, not {spec.method}"
+    if spec.method not in ("sgd", "best"):
+        return f"it races sgd builds (--method sgd or best), not {spec.method}"
     if prep.target is not None:
         return "the cell is targeted (--target): its direction is given"
     if prep.surrogate is not None:
@@ -595,7 +601,7 @@ def record(prep: Prepared, outcome: UAPOutcome, m: Measured, seconds: float) -> 
         batch_size=spec.batch_size, seed=spec.seed, seconds=seconds, device=str(lm.device), uap_norm=m.uap_norm,
         source_fooling_rate=outcome.source_fooling_rate, threat_model=_threat_model(prep),
         surrogate=prep.surrogate, budget=prep.budget, selection=_selection_info(prep, outcome),
-        candidates=prep.candidates if spec.method == "best" or spec.restarts > 1 else [])
+        candidates=prep.candidates if len(prep.candidates or []) > 1 else [])
     attack = attack.model_copy(update=threat_update(prep))  # access, queries, delivery, NIST terms (eval/query)
     notes = [f"source: {prep.source_desc}",
              "fooling rate: prediction on x+v differs from the prediction on x (not the label), over all images",
