@@ -7,7 +7,7 @@ submodule or the CLI does not import the whole stack. The contract is ``__all__`
 
 from __future__ import annotations
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 __all__ = ["BadInput", "Data", "Interrupted", "Model", "ModelCheck", "Result", "RobauditError", "RuntimeFailure",
            "UAPConfig", "UAPRun", "UnsafeCheckpoint", "__version__", "attack", "audit", "check", "gate", "load_data",
