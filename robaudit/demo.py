@@ -21,7 +21,6 @@ from robaudit.auditing.recipes import TrainSettings
 from robaudit.core import locations
 from robaudit.core.console import info
 from robaudit.core.errors import BadInput
-from robaudit.core.specs import DEFAULT_METHOD
 from robaudit.data import load_task
 from robaudit.data.embedded import NAME as EMBEDDED
 from robaudit.grading import load_input
@@ -80,7 +79,11 @@ def demo_recipe(choice: DataChoice, small: bool = False, train_seed: int = 0,
         name="demo", description="robaudit demo: natural-photo UAPs vs random noise on a fine-tune and its "
         "random-init twin, and targeted to the healthy class on the fine-tune",
         tasks=[choice.task.replace(":", "-")], archs=[ARCH], transfers=["full", "scratch"],
-        sources=[choice.source], norms=["l2"], zetas=[0.04], methods=[DEFAULT_METHOD],
+        sources=[choice.source], norms=["l2"], zetas=[0.04],
+        # best, not the 0.9 default: the figures below are best's over 6 draws, and on this model the default's
+        # directed race follows the val split's class mix (the model calls 53% of val normal, 24% of test: the
+        # build toward pneumonia flips all of them, 0.53 -> 0.24; benchmarks/README.md "The 0.9 default")
+        methods=["best"],
         targets=[choice.target] if choice.target else "none",
         # the newcomer's cells: the photo UAP on both models, and targeted (hiding disease) on the fine-tune
         skip=[{"transfer": "scratch", "target": choice.target}] if choice.target else [],
