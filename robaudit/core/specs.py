@@ -54,8 +54,8 @@ ENGINE_REVISION = 6
 BEST_OF = ("fgsm", "sgd", "perphoto")
 #: toward_classes races an sgd build toward each class of a model with at most this many classes
 TOWARD_MAX_CLASSES = 10
-#: the default method: sgd reached 0.4's default strength on skin and fundus in 0.8-1.2x ART's one-pass time, where
-#: best's race of three took 2.1-3.1x (benchmarks/README.md "Time to verdict")
+#: the default method: sgd alone came within 0.03 of 0.4's default on skin and above it on fundus, in 0.8-1.3x ART's
+#: one-pass time, where best's race of three took 2.1-3.1x (benchmarks/README.md "The 0.9 default")
 DEFAULT_METHOD = "sgd"
 
 
@@ -133,11 +133,12 @@ class UAPConfig(BaseModel):
     toward_classes: bool | None = Field(None, description="sgd or best, non-targeted, built on the audited model "
                                         "with a selection split: race sgd builds toward each class (and, above two "
                                         "classes, the non-targeted one; models of at most 10 classes), all judged "
-                                        "by the non-targeted fooling rate. None: on in sgd cells of two-class models. "
-                                        "A "
-                                        "non-targeted UAP settles on one class's direction, often not the "
-                                        "strongest: on the X-rays it flips 28% of the scans, the build toward "
-                                        "'normal' 66-74% (benchmarks/README.md \"Class-directed candidates\")")
+                                        "by the non-targeted fooling rate on the selection split. None: on in sgd "
+                                        "cells of two-class models. A non-targeted UAP settles on one class's "
+                                        "direction, often not the strongest: on the X-rays it flips 28% of the "
+                                        "scans, the build toward 'normal' 66-74%. The split's class mix decides "
+                                        "between directions: where val's differs from test's, so may the pick "
+                                        "(benchmarks/README.md \"The 0.9 default\")")
     restarts: int = Field(1, ge=1, le=20, description="builds per method with seeds seed, seed+1, ...; best kept")
     surrogate: str | None = Field(None, description="zero-knowledge: build v on 'pretrained' (the public ImageNet "
                                   "model of the audited arch), a zoo name or a checkpoint; the audited model is "
