@@ -4,8 +4,8 @@ On a two-class model a build toward one class flips nearly every image the model
 non-targeted rate is the split's class mix; when the val split's mix is not the test split's, the race picks on val
 the direction test has least of (benchmarks/README.md "The 0.9 default"). Prints each split's clean mix, then per
 seed and attacker the test rate, build seconds, the kept v's val rate and the candidates.
-Usage: ``python benchmarks/bench_directed_demo.py [MODEL] [SEEDS]`` after ``robaudit demo`` trained the models
-(default pneumonia-mini_tf_efficientnet_lite0, seeds 0,1,2).
+The cell is the demo recipe's own non-targeted fine-tune cell (``robaudit.demo.demo_recipe``) without noise draws.
+Usage: ``python benchmarks/bench_directed_demo.py [SEEDS]`` after ``robaudit demo`` trained the models (seeds 0,1,2).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import sys
 import torch
 
 from robaudit.attacks.predict import predict
-from robaudit.core.specs import make_spec
+from robaudit.core.specs import DEFAULT_METHOD
+from robaudit.demo import choose_data, demo_recipe
 from robaudit.eval.run import run_uap
 from robaudit.models import load_model_and_task
 
@@ -23,18 +24,19 @@ VARIANTS = {"best (0.8 default)": {"method": "best"}, "0.9 default": {}, "sgd pl
             "fgsm": {"method": "fgsm"}}
 
 
-def main(model: str, seeds: list[int]) -> None:
-    lm, task = load_model_and_task(model, device="cpu")
-    for split, limit in (("val", 100), ("test", 300)):
+def main(seeds: list[int]) -> None:
+    recipe = demo_recipe(choose_data())
+    [cell] = [c for c in recipe.cells(lambda m: None) if c.target is None and not c.model.endswith("_random")]
+    lm, task = load_model_and_task(cell.model, device="cpu")
+    for split, limit in (("val", cell.select_limit), ("test", cell.eval_limit)):
         x, y = task.tensors(split, size=lm.card.input_size, limit=limit, seed=0)
         p = predict(lm.module, x, batch_size=64)
         print(f"{split}: {len(y)} images, {(y == 0).float().mean():.3f} are {lm.classes[0]}, "
               f"{(p == 0).float().mean():.3f} called {lm.classes[0]}, accuracy {(p == y).float().mean():.3f}")
     for seed in seeds:
         for name, over in VARIANTS.items():
-            spec = make_spec(model=model, source="natural", norm="l2", zeta=0.04, budget=2000, select_limit=100,
-                             eval_limit=300, source_limit=400, controls=0, seed=seed, patience=None, device="cpu",
-                             **over)
+            spec = cell.model_copy(update={"method": DEFAULT_METHOD, **over, "seed": seed, "controls": 0,
+                                           "device": "cpu"})
             r = run_uap(spec, quiet=True).result
             a = r.attack
             print(seed, name, f"test {r.metrics.fooling_rate.value:.3f}", f"{a.seconds:.1f}s",
@@ -44,5 +46,4 @@ def main(model: str, seeds: list[int]) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    main(sys.argv[1] if len(sys.argv) > 1 else "pneumonia-mini_tf_efficientnet_lite0",
-         [int(s) for s in (sys.argv[2] if len(sys.argv) > 2 else "0,1,2").split(",")])
+    main([int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "0,1,2").split(",")])
