@@ -314,8 +314,8 @@ class Candidate(_Model):
 
     method: str
     seed: int
-    toward: str | None = Field(default=None, description="schema 1.4: a non-targeted best's build aimed at this "
-                               "class (judged by the non-targeted rate, like the others)")
+    toward: str | None = Field(default=None, description="schema 1.4: a non-targeted race's sgd build aimed at "
+                               "this class (judged by the non-targeted rate, like the others)")
     selection_rate: SelectionRate | None = None
     source_fooling_rate: Fraction | None = None
     images_seen: Count | None = None
